@@ -1,0 +1,35 @@
+# make train: the default experiment on the embedded data; make test: the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install train test test-fast bench mlflow-ui clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(INSTALLED)
+
+train: $(INSTALLED)
+	$(PY) train.py experiment=ssd_shapes
+
+test: $(INSTALLED)
+	$(PY) -m pytest
+
+test-fast: $(INSTALLED)
+	$(PY) -m pytest -m "not slow"
+
+bench: $(INSTALLED)
+	$(PY) bench/train_step.py
+	$(PY) bench/inference.py
+	$(PY) bench/vs_torchvision.py
+
+mlflow-ui: $(INSTALLED)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,151 @@
+"""The training loop: plain PyTorch, the same for every detector with torchvision's contract."""
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from detection.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
+from detection.evaluation import DetectionEvaluator
+from detection.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on the CPU, fp16 on CUDA (with a GradScaler in the loop); a no-op when disabled."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+
+
+def to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device):
+    images = [image.to(device, non_blocking=True) for image in images]
+    targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, evaluator: DetectionEvaluator, *, device: torch.device,
+             amp: bool = False, progress: bool = True) -> dict[str, float]:
+    """Runs the model in eval mode over `loader` and returns the evaluator's metrics."""
+    model.eval()
+    evaluator.reset()
+    for images, targets in tqdm(loader, desc="validate", disable=not progress, leave=False, dynamic_ncols=True):
+        images, _ = to_device(images, [], device)
+        with autocast(device, amp):
+            predictions = model(images)
+        evaluator.update([{k: v.float() if v.is_floating_point() else v for k, v in p.items()} for p in predictions],
+                         targets)
+    return evaluator.compute()
+
+
+def validation_metrics(results: dict[str, float]) -> dict[str, float]:
+    """Evaluator results as `val/...` metrics; `val/map` is VOC07 mAP@0.5, `val/ap/<class>` its per-class AP."""
+    metrics = {"val/map": results["voc07_map"], "val/map_50": results["voc07_map"]}
+    for key, value in results.items():
+        if key.startswith("voc07_ap/"):
+            metrics[f"val/ap/{key.removeprefix('voc07_ap/')}"] = value
+        else:
+            metrics[f"val/{key}"] = value
+    return metrics
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+        train_loader: DataLoader, val_loader: Iterable, evaluator: DetectionEvaluator, tracker: Tracker,
+        checkpoint_dir: Path, max_epochs: int, device: torch.device, amp: bool = False,
+        grad_clip: Optional[float] = None, log_every: int = 10, max_nonfinite_in_row: int = 10,
+        progress: bool = True, resume: Optional[dict[str, Any]] = None,
+        checkpoint_extras: Optional[Callable[[], dict[str, Any]]] = None) -> dict[str, float]:
+    """Trains for `max_epochs`, validating and writing `last.pt` (and `best.pt` by val/map) each epoch.
+
+    Args:
+        resume: a checkpoint from an earlier run of the same configuration; training continues after
+            its epoch with its model, optimizer, scheduler, scaler, step and RNG states.
+        checkpoint_extras: returns what else each checkpoint holds (config, class names, run id).
+    Returns:
+        the last validation metrics (`val/map`, ...).
+    """
+    model.to(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+    start_epoch, step, best_map, metrics = 0, 0, -math.inf, {}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        start_epoch, step, best_map = resume["epoch"], resume["step"], resume["best_map"]
+        set_rng_state(resume["rng"])
+        if train_loader.generator is not None:
+            train_loader.generator.set_state(resume["loader_rng"])
+        log.info("resumed at epoch %d, step %d", start_epoch, step)
+    nonfinite_in_row = 0
+    for epoch in range(start_epoch, max_epochs):
+        model.train()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{max_epochs}", disable=not progress, dynamic_ncols=True)
+        window_start, window_images = time.perf_counter(), 0
+        for images, targets in bar:
+            images, targets = to_device(images, targets, device)
+            with autocast(device, amp):
+                loss_dict = model(images, targets)
+            loss = sum(loss_dict.values())
+            if not torch.isfinite(loss):
+                nonfinite_in_row += 1
+                log.warning("non-finite loss at step %d (%d in a row): step skipped", step, nonfinite_in_row)
+                tracker.log_metrics({"train/nonfinite_in_row": nonfinite_in_row}, step=step)
+                if nonfinite_in_row > max_nonfinite_in_row:
+                    raise NonFiniteLossError(
+                        f"{nonfinite_in_row} non-finite losses in a row at step {step} "
+                        f"(trainer.max_nonfinite_in_row={max_nonfinite_in_row}); lower the learning rate or "
+                        f"check the data. The last good checkpoint is in {checkpoint_dir}")
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            nonfinite_in_row = 0
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            window_images += len(images)
+            if step % log_every == 0:
+                images_per_s = window_images / (time.perf_counter() - window_start)
+                window_start, window_images = time.perf_counter(), 0
+                scalars = {"train/loss": loss.item(), **{f"train/{k}": v.item() for k, v in loss_dict.items()},
+                           "train/lr": optimizer.param_groups[0]["lr"], "train/images_per_s": images_per_s}
+                tracker.log_metrics(scalars, step=step)
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{images_per_s:.1f}")
+        metrics = validation_metrics(evaluate(model, val_loader, evaluator, device=device, amp=amp, progress=progress))
+        tracker.log_metrics({**metrics, "epoch": epoch + 1}, step=step)
+        log.info("epoch %d/%d: val/map %.4f", epoch + 1, max_epochs, metrics["val/map"])
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
+                 "step": step, "best_map": max(best_map, metrics["val/map"]), "rng": rng_state(),
+                 "loader_rng": train_loader.generator.get_state() if train_loader.generator is not None else None,
+                 "metrics": metrics, **(checkpoint_extras() if checkpoint_extras else {})}
+        save_checkpoint(state, checkpoint_dir / "last.pt")
+        if metrics["val/map"] > best_map:
+            best_map = metrics["val/map"]
+            save_checkpoint(state, checkpoint_dir / "best.pt")
+    return metrics

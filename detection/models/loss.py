@@ -1,0 +1,40 @@
+"""The SSD MultiBox loss with hard-negative mining (Liu et al., SSD, sec. 2.2 "Training objective")."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MultiBoxLoss(nn.Module):
+    """Smooth-L1 on positive anchors plus cross-entropy on positives and the hardest negatives.
+
+    Per image, the negatives kept are the `neg_pos_ratio * num_positives` with the highest background
+    loss (3:1 in the paper). Both terms are divided by max(1, positives in the batch), so a batch
+    without objects gives a finite (zero) loss.
+    """
+
+    def __init__(self, *, neg_pos_ratio: float = 3.0):
+        super().__init__()
+        self.neg_pos_ratio = float(neg_pos_ratio)
+
+    def forward(self, loc_preds: torch.Tensor, cls_logits: torch.Tensor,
+                loc_targets: torch.Tensor, cls_targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Args:
+            loc_preds: float [B, A, 4] offsets; cls_logits: float [B, A, C].
+            loc_targets: float [B, A, 4]; cls_targets: int64 [B, A], 0 = background.
+        Returns:
+            {'bbox_regression': scalar, 'classification': scalar}.
+        """
+        positive = cls_targets > 0
+        num_positives = positive.sum()
+        ce_per_anchor = F.cross_entropy(cls_logits.flatten(0, 1).float(), cls_targets.flatten(),
+                                        reduction="none").view_as(cls_targets)
+        with torch.no_grad():
+            negative_loss = ce_per_anchor.masked_fill(positive, float("-inf"))
+            rank = negative_loss.argsort(dim=1, descending=True).argsort(dim=1)
+            num_negatives = (self.neg_pos_ratio * positive.sum(dim=1, keepdim=True)).long()
+            hard_negative = rank < num_negatives
+        normaliser = num_positives.clamp(min=1).float()
+        regression = F.smooth_l1_loss(loc_preds[positive].float(), loc_targets[positive], reduction="sum")
+        classification = ce_per_anchor[positive | hard_negative].sum()
+        return {"bbox_regression": regression / normaliser, "classification": classification / normaliser}

@@ -1,0 +1,197 @@
+"""SSD: a trunk split at stride 8 and 16, extra layers down to 1x1, 3x3 heads, MultiBox loss, per-class NMS."""
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, clip_boxes_to_image
+
+from detection.data.targets import check_boxes
+from detection.models.anchors import AnchorSpec, generate_anchors
+from detection.models.backbones import SSDTrunk
+from detection.models.box_coder import SSDBoxCoder
+
+
+class L2Norm(nn.Module):
+    """Per-location L2 normalisation across channels with a learned per-channel scale (ParseNet; SSD
+    initialises the scale to 20 on conv4_3)."""
+
+    def __init__(self, channels: int, initial_scale: float = 20.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((channels,), float(initial_scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1, eps=1e-10) * self.scale.view(1, -1, 1, 1)
+
+
+class SSDFeatures(nn.Module):
+    """The trunk's two maps (the first L2-normalised) followed by the extra layers' maps."""
+
+    def __init__(self, trunk: SSDTrunk, extras: nn.ModuleList):
+        super().__init__()
+        self.trunk = trunk
+        self.l2norm = L2Norm(trunk.out_channels[0])
+        self.extras = extras
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        first, x = self.trunk(images)
+        maps = [self.l2norm(first), x]
+        for extra in self.extras:
+            x = extra(x)
+            maps.append(x)
+        return maps
+
+
+def build_extras(in_channels: int, in_size: int, num_extras: int) -> tuple[nn.ModuleList, list[int]]:
+    """The SSD extra layers: each a 1x1 bottleneck then a 3x3 convolution that halves the map
+    (stride 2, padding 1), or takes a 3x3 map to 1x1 (no padding), as in SSD300 and SSD512. Stops
+    early at a 1x1 map, so that a layout asking for more maps fails at the anchor check.
+
+    Returns:
+        the layers and the output channels of each.
+    """
+    layers, channels, size = nn.ModuleList(), [], in_size
+    while len(layers) < num_extras and size > 1:
+        out = 512 if not layers else 256
+        if size == 3:
+            last = nn.Conv2d(out // 2, out, kernel_size=3)
+            size = 1
+        else:
+            last = nn.Conv2d(out // 2, out, kernel_size=3, stride=2, padding=1)
+            size = (size + 1) // 2
+        layers.append(nn.Sequential(nn.Conv2d(in_channels, out // 2, kernel_size=1), nn.ReLU(inplace=True),
+                                    last, nn.ReLU(inplace=True)))
+        channels.append(out)
+        in_channels = out
+    return layers, channels
+
+
+class SSDHead(nn.Module):
+    """A 3x3 convolution per map for box offsets (4 per anchor) and one for class logits."""
+
+    def __init__(self, in_channels: Sequence[int], anchors_per_location: Sequence[int], num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.loc = nn.ModuleList(nn.Conv2d(c, a * 4, 3, padding=1) for c, a in zip(in_channels, anchors_per_location))
+        self.cls = nn.ModuleList(nn.Conv2d(c, a * num_classes, 3, padding=1)
+                                 for c, a in zip(in_channels, anchors_per_location))
+        for conv in [*self.loc, *self.cls]:
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns offsets float [B, A, 4] and logits float [B, A, C], anchors ordered map, row, column, anchor."""
+        batch = maps[0].shape[0]
+        loc = [conv(x).permute(0, 2, 3, 1).reshape(batch, -1, 4) for conv, x in zip(self.loc, maps)]
+        cls = [conv(x).permute(0, 2, 3, 1).reshape(batch, -1, self.num_classes) for conv, x in zip(self.cls, maps)]
+        return torch.cat(loc, dim=1), torch.cat(cls, dim=1)
+
+
+class SSD(nn.Module):
+    """Single Shot MultiBox Detector with torchvision's detection contract.
+
+    forward(images, targets=None):
+        images: list of float [3, H, W] in [0, 1], any sizes (each is resized to the square input).
+        targets (training): list of {'boxes': float [N, 4] xyxy in that image's pixels, 'labels': int64 [N]}.
+        Returns in training a dict of scalar losses; in eval a list of {'boxes' float [K, 4] xyxy in the
+        input image's pixels, 'labels' int64 [K], 'scores' float [K]}.
+    """
+
+    def __init__(self, *, features: SSDFeatures, head: SSDHead, box_coder: SSDBoxCoder, loss: nn.Module,
+                 anchor_spec: AnchorSpec, image_mean: Sequence[float], image_std: Sequence[float],
+                 score_threshold: float, nms_threshold: float, detections_per_image: int,
+                 candidates_per_class: int):
+        super().__init__()
+        self.features = features
+        self.head = head
+        self.box_coder = box_coder
+        self.loss = loss
+        self.anchor_spec = anchor_spec
+        self.image_size = anchor_spec.image_size
+        self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.detections_per_image = detections_per_image
+        self.candidates_per_class = candidates_per_class
+
+    def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Resizes each image to the square input and normalises: float [B, 3, S, S]."""
+        size = (self.image_size, self.image_size)
+        resized = [image if image.shape[-2:] == size else
+                   F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+                   for image in images]
+        return (torch.stack(resized) - self.image_mean) / self.image_std
+
+    def forward(self, images: list[torch.Tensor], targets: Optional[list[dict[str, torch.Tensor]]] = None):
+        image_sizes = [tuple(image.shape[-2:]) for image in images]
+        loc, cls = self.head(self.features(self.preprocess(images)))
+        if self.training:
+            if targets is None:
+                raise ValueError("SSD in training mode needs targets")
+            return self.compute_loss(loc, cls, targets, image_sizes)
+        return self.postprocess(loc, cls, image_sizes)
+
+    def compute_loss(self, loc: torch.Tensor, cls: torch.Tensor, targets: list[dict[str, torch.Tensor]],
+                     image_sizes: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        encoded = []
+        for index, (target, (height, width)) in enumerate(zip(targets, image_sizes)):
+            check_boxes(target["boxes"], f"target {index} (image_id {target.get('image_id', '?')})")
+            scale = target["boxes"].new_tensor([self.image_size / width, self.image_size / height] * 2)
+            encoded.append(self.box_coder.encode(target["boxes"] * scale, target["labels"]))
+        loc_targets = torch.stack([loc_target for loc_target, _ in encoded])
+        cls_targets = torch.stack([cls_target for _, cls_target in encoded])
+        return self.loss(loc, cls, loc_targets, cls_targets)
+
+    @torch.no_grad()
+    def postprocess(self, loc: torch.Tensor, cls: torch.Tensor,
+                    image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """Softmax, the best `candidates_per_class` anchors per class above the score threshold, one
+        batched NMS over all images and classes, then the top `detections_per_image` per image."""
+        batch, num_anchors, num_classes = cls.shape
+        scores = F.softmax(cls.float(), dim=-1)[..., 1:].transpose(1, 2)  # [B, C-1, A]
+        boxes = self.box_coder.decode(loc.float())  # [B, A, 4]
+        top_scores, top_anchors = scores.topk(min(self.candidates_per_class, num_anchors), dim=-1)
+        keep = top_scores > self.score_threshold
+        image_index, class_index, _ = keep.nonzero(as_tuple=True)
+        candidate_boxes = clip_boxes_to_image(boxes[image_index, top_anchors[keep]], (self.image_size,) * 2)
+        candidate_scores = top_scores[keep]
+        kept = batched_nms(candidate_boxes, candidate_scores, image_index * num_classes + class_index,
+                           self.nms_threshold)
+        detections = []
+        for index, (height, width) in enumerate(image_sizes):
+            mine = kept[image_index[kept] == index][: self.detections_per_image]
+            scale = loc.new_tensor([width / self.image_size, height / self.image_size] * 2).float()
+            detections.append({"boxes": candidate_boxes[mine] * scale, "labels": class_index[mine] + 1,
+                               "scores": candidate_scores[mine]})
+        return detections
+
+
+def build_ssd(*, backbone: SSDTrunk, anchors: AnchorSpec, class_names: Sequence[str], loss: nn.Module,
+              iou_threshold: float = 0.5, variances: Sequence[float] = (0.1, 0.2),
+              score_threshold: float = 0.05, nms_threshold: float = 0.45, detections_per_image: int = 200,
+              candidates_per_class: int = 400) -> SSD:
+    """An SSD whose extra layers, anchors and head are derived from the trunk and a dry run.
+
+    Args:
+        backbone: the trunk; its two maps are the first two feature maps.
+        anchors: the anchor layout; its configured feature-map sizes must match the dry run.
+        class_names: the foreground classes; label k is class_names[k - 1], 0 is background.
+        loss: called as loss(loc_preds, cls_logits, loc_targets, cls_targets) -> dict of losses.
+    """
+    with torch.no_grad():
+        _, stride16_map = backbone.eval()(torch.zeros(1, 3, anchors.image_size, anchors.image_size))
+    extras, extra_channels = build_extras(backbone.out_channels[1], stride16_map.shape[-1], anchors.num_maps - 2)
+    features = SSDFeatures(backbone, extras)
+    with torch.no_grad():
+        measured = [m.shape[-1] for m in features(torch.zeros(1, 3, anchors.image_size, anchors.image_size))]
+    backbone.train()
+    spec = anchors.with_feature_map_sizes(measured)
+    num_classes = len(class_names) + 1
+    head = SSDHead([*backbone.out_channels, *extra_channels], spec.anchors_per_location, num_classes)
+    box_coder = SSDBoxCoder(generate_anchors(spec), iou_threshold=iou_threshold, variances=variances)
+    return SSD(features=features, head=head, box_coder=box_coder, loss=loss, anchor_spec=spec,
+               image_mean=backbone.image_mean, image_std=backbone.image_std, score_threshold=score_threshold,
+               nms_threshold=nms_threshold, detections_per_image=detections_per_image,
+               candidates_per_class=candidates_per_class)

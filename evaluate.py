@@ -1,0 +1,67 @@
+"""Evaluate a checkpoint on its validation split (or another dataset's).
+
+    python evaluate.py ckpt_path=outputs/.../checkpoints/best.pt [dataset=...]
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from detection.data.loader import build_loader
+from detection.engine.checkpoint import load_checkpoint
+from detection.engine.loop import evaluate, resolve_device, validation_metrics
+from detection.evaluation import DetectionEvaluator
+from train import build_model, experiment_label
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, float]:
+    checkpoint = load_checkpoint(Path(cfg.ckpt_path))
+    trained = OmegaConf.create(checkpoint["config"])
+    dataset = cfg.dataset if cfg.get("dataset") else trained.dataset
+    if list(dataset.class_names) != checkpoint["class_names"]:
+        raise ValueError(f"{cfg.ckpt_path} was trained on classes {checkpoint['class_names']}, "
+                         f"the dataset has {list(dataset.class_names)}")
+    model = build_model(trained, pretrained=False)
+    model.load_state_dict(checkpoint["model"])
+    device = resolve_device(cfg.device)
+    model.to(device)
+    loader = build_loader(instantiate(dataset.val), batch_size=cfg.batch_size, shuffle=False,
+                          num_workers=cfg.num_workers, seed=0)
+    evaluator = DetectionEvaluator(class_names=list(dataset.class_names))
+    metrics = validation_metrics(evaluate(model, loader, evaluator, device=device))
+
+    print(f"{'class':<20}{'AP@0.5 (VOC07)':>16}")
+    for name in dataset.class_names:
+        print(f"{name:<20}{metrics.get(f'val/ap/{name}', float('nan')):>16.4f}")
+    print(f"{'mAP':<20}{metrics['val/map']:>16.4f}")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    tracker = instantiate(cfg.tracking)
+    if hasattr(tracker, "experiment_name") and tracker.experiment_name is None:
+        tracker.experiment_name = experiment_label(trained)
+    if hasattr(tracker, "run_name") and tracker.run_name is None:
+        tracker.run_name = f"evaluate {Path(cfg.ckpt_path).name}"
+    tracker.start(params={"ckpt_path": str(cfg.ckpt_path), "dataset.name": dataset.name},
+                  tags={"job": "evaluate"})
+    tracker.log_metrics(metrics, step=int(checkpoint["step"]))
+    tracker.log_artifact(run_dir / "metrics.json")
+    tracker.end("FINISHED")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    return run_evaluation(cfg)["val/map"]
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

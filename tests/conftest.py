@@ -1,0 +1,36 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# small shapes variant the tests share (generated once per session under a temporary root)
+SMALL_SHAPES = ["dataset.num_train=8", "dataset.num_val=4"]
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("shapes")
+
+
+@pytest.fixture
+def compose_train(shapes_root):
+    """compose_train(*overrides) -> the composed train config, as `python train.py overrides` would see it."""
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return compose("train", overrides=[f"dataset.root={shapes_root}", "tracking=none", *overrides])
+    return _compose
+
+
+def run_script(script: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
+    """Runs an entry point as a user would, with Hydra's outputs under `cwd`; fails with its output."""
+    result = subprocess.run([sys.executable, str(REPO / script), *args, f"hydra.run.dir={cwd}/run",
+                             f"hydra.sweep.dir={cwd}/multirun"],
+                            cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})})
+    return result

@@ -1,0 +1,87 @@
+"""The training loop: skipped non-finite steps, the stop after too many, checkpoints and resume state."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import SMALL_SHAPES
+from detection.data.loader import build_loader
+from detection.engine.checkpoint import load_checkpoint, save_checkpoint
+from detection.engine.loop import NonFiniteLossError, fit
+from detection.evaluation import DetectionEvaluator
+from detection.tracking import NullTracker
+
+
+class PoisonedLosses(torch.nn.Module):
+    """A real SSD whose training loss becomes NaN on the steps listed."""
+
+    def __init__(self, model, nan_steps):
+        super().__init__()
+        self.model, self.nan_steps, self.calls = model, set(nan_steps), 0
+
+    def forward(self, images, targets=None):
+        output = self.model(images, targets)
+        if self.training:
+            self.calls += 1
+            if self.calls in self.nan_steps:
+                output = {k: v * float("nan") for k, v in output.items()}
+        return output
+
+
+def setup(compose_train, tmp_path, nan_steps, max_in_row=10):
+    cfg = compose_train("backbone=resnet18", "anchors=shapes128", "debug=smoke", *SMALL_SHAPES)
+    model = PoisonedLosses(instantiate(cfg.model), nan_steps)
+    loader = build_loader(instantiate(cfg.dataset.train), batch_size=2, shuffle=True, num_workers=0, seed=0)
+    val = build_loader(instantiate(cfg.dataset.val), batch_size=2, shuffle=False, num_workers=0, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return dict(model=model, optimizer=optimizer, scheduler=scheduler, train_loader=loader, val_loader=val,
+                evaluator=DetectionEvaluator(class_names=cfg.dataset.class_names), tracker=NullTracker(),
+                checkpoint_dir=tmp_path, max_epochs=1, device=torch.device("cpu"), progress=False,
+                max_nonfinite_in_row=max_in_row)
+
+
+def test_non_finite_losses_skip_their_step(compose_train, tmp_path):
+    args = setup(compose_train, tmp_path, nan_steps=[2])
+    before = [p.detach().clone() for p in args["model"].parameters()]
+    fit(**args)
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    assert checkpoint["step"] == 3  # 8 images in batches of 2: 4 batches, one skipped
+    assert all(torch.isfinite(p).all() for p in args["model"].parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, args["model"].parameters()))
+
+
+def test_too_many_non_finite_losses_in_a_row_stop_the_run(compose_train, tmp_path):
+    args = setup(compose_train, tmp_path, nan_steps=[1, 2, 3], max_in_row=2)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
+        fit(**args)
+
+
+def test_checkpoint_holds_everything_to_resume_and_loads_without_code(compose_train, tmp_path):
+    args = setup(compose_train, tmp_path, nan_steps=[])
+    fit(**args, checkpoint_extras=lambda: {"config": {"seed": 0}, "class_names": ["a"]})
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "loader_rng", "config",
+            "class_names", "best_map"} <= set(checkpoint)
+    assert checkpoint["epoch"] == 1 and (tmp_path / "best.pt").is_file()
+
+
+def test_atomic_write_leaves_the_previous_checkpoint_when_saving_fails(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=f"checkpoint {path} is truncated, corrupt or not a checkpoint"):
+        load_checkpoint(path)

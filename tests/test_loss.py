@@ -1,0 +1,30 @@
+import torch
+
+from detection.models.loss import MultiBoxLoss
+
+
+def test_all_background_batch_gives_finite_zero_loss():
+    loss = MultiBoxLoss()(torch.randn(2, 50, 4), torch.randn(2, 50, 5, requires_grad=True),
+                          torch.zeros(2, 50, 4), torch.zeros(2, 50, dtype=torch.int64))
+    assert all(torch.isfinite(v) for v in loss.values())
+    assert loss["classification"].item() == 0.0 and loss["bbox_regression"].item() == 0.0
+
+
+def test_hard_negatives_are_three_per_positive_with_the_highest_loss():
+    logits = torch.zeros(1, 10, 2)
+    logits[0, :, 1] = torch.arange(10.0)  # anchor k has background loss growing with k
+    cls_targets = torch.zeros(1, 10, dtype=torch.int64)
+    cls_targets[0, 0] = 1
+    loc = torch.zeros(1, 10, 4)
+    result = MultiBoxLoss(neg_pos_ratio=3)(loc, logits, loc, cls_targets)
+    ce = torch.nn.functional.cross_entropy(logits[0], cls_targets[0], reduction="none")
+    expected = ce[0] + ce[[7, 8, 9]].sum()  # the positive plus the three hardest negatives
+    assert torch.isclose(result["classification"], expected)
+
+
+def test_regression_is_smooth_l1_over_positives_normalised_by_their_count():
+    loc_preds = torch.zeros(1, 4, 4)
+    loc_targets = torch.full((1, 4, 4), 2.0)
+    cls_targets = torch.tensor([[1, 1, 0, 0]])
+    result = MultiBoxLoss()(loc_preds, torch.zeros(1, 4, 3), loc_targets, cls_targets)
+    assert torch.isclose(result["bbox_regression"], torch.tensor(2 * 4 * 1.5 / 2))

@@ -1,0 +1,56 @@
+"""train.py and evaluate.py run as a user runs them (subprocesses, real files, a real MLflow store)."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import SMALL_SHAPES, run_script
+from detection.engine.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def train(tmp_path, shapes_root, *overrides):
+    result = run_script("train.py", "debug=smoke", f"dataset.root={shapes_root}", *SMALL_SHAPES, *overrides,
+                        cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.mark.parametrize("model", ["model=ssd backbone=resnet50", "model=ssd backbone=vgg16", "model=maskrcnn"])
+def test_smoke_training_writes_a_checkpoint_and_logs_to_mlflow(tmp_path, shapes_root, model):
+    train(tmp_path, shapes_root, *model.split())
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert checkpoint["epoch"] == 1 and checkpoint["step"] == 2
+    assert checkpoint["class_names"] == ["ellipse", "rectangle", "triangle", "star"]
+    import mlflow
+
+    runs = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert "val/map" in runs[0].data.metrics and runs[0].data.params["optimizer.lr"] == "0.001"
+
+
+def test_resume_continues_at_the_next_epoch_and_step(tmp_path, shapes_root):
+    train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128")
+    first = tmp_path / "run" / "checkpoints" / "last.pt"
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    train(resumed_dir, shapes_root, f"ckpt_path={first}", "trainer.max_epochs=2")
+    checkpoint = load_checkpoint(resumed_dir / "run" / "checkpoints" / "last.pt")
+    assert checkpoint["epoch"] == 2 and checkpoint["step"] == 4
+    assert checkpoint["tracking_run_id"] == load_checkpoint(first)["tracking_run_id"]
+    assert not torch.equal(checkpoint["model"]["head.cls.0.weight"], load_checkpoint(first)["model"]["head.cls.0.weight"])
+
+
+def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):
+    train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128")
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    result = run_script("evaluate.py", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.pt'}", cwd=eval_dir,
+                        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mAP" in result.stdout and "ellipse" in result.stdout
+    metrics = json.loads((eval_dir / "run" / "metrics.json").read_text())
+    assert 0.0 <= metrics["val/map"] <= 1.0

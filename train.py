@@ -1,0 +1,116 @@
+"""Train a detector: compose the config, instantiate its objects, run the loop.
+
+    python train.py experiment=ssd_shapes            # the default experiment (make train)
+    python train.py model=ssd backbone=resnet50      # SSD512-ResNet50
+    python train.py ckpt_path=outputs/.../checkpoints/last.pt   # resume
+"""
+
+import logging
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from detection.data.loader import build_loader
+from detection.engine.checkpoint import load_checkpoint, seed_everything
+from detection.engine.loop import fit, resolve_device
+from detection.evaluation import DetectionEvaluator
+from detection.tracking import flatten
+
+log = logging.getLogger(__name__)
+
+
+def experiment_label(cfg: DictConfig) -> str:
+    """'<model><input size>_<backbone>_<dataset>', e.g. 'ssd512_resnet50_shapes'."""
+    model = cfg.model._target_.rsplit(".", 1)[-1].removeprefix("build_")
+    size = cfg.anchors.image_size if model == "ssd" else ""
+    return f"{model}{size}_{cfg.backbone.arch}_{cfg.dataset.name}"
+
+
+def build_model(cfg: DictConfig, *, pretrained: bool = True) -> torch.nn.Module:
+    """The model of a composed config; `pretrained=False` skips loading weights (they will come from a
+    checkpoint), so that rebuilding a run never needs the original weight files."""
+    if not pretrained:
+        cfg = cfg.copy()
+        cfg.backbone.weights = None
+        if "weights" in cfg.model:
+            cfg.model.weights = None
+    return instantiate(cfg.model)
+
+
+def git_tags() -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+    return {"git_commit": git("rev-parse", "HEAD") or "unknown", "git_dirty": str(bool(git("status", "--porcelain")))}
+
+
+def run_training(cfg: DictConfig) -> dict[str, float]:
+    resume = None
+    if cfg.ckpt_path:
+        resume = load_checkpoint(Path(cfg.ckpt_path))
+        stored = OmegaConf.create(resume["config"])
+        stored.trainer = cfg.trainer  # the schedule and device of this invocation; all else as stored
+        stored.ckpt_path = cfg.ckpt_path
+        cfg = stored
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+    model = build_model(cfg, pretrained=resume is None)
+    trainer = cfg.trainer
+    train_loader = build_loader(instantiate(cfg.dataset.train), batch_size=trainer.batch_size, shuffle=True,
+                                num_workers=trainer.num_workers, seed=cfg.seed, limit=trainer.limit_train_images)
+    val_loader = build_loader(instantiate(cfg.dataset.val), batch_size=trainer.batch_size, shuffle=False,
+                              num_workers=trainer.num_workers, seed=cfg.seed, limit=trainer.limit_val_images)
+    optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
+    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=trainer.max_epochs * len(train_loader))
+    evaluator = DetectionEvaluator(class_names=list(cfg.dataset.class_names))
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    label = experiment_label(cfg)
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
+    tracker = instantiate(cfg.tracking)
+    if hasattr(tracker, "experiment_name") and tracker.experiment_name is None:
+        tracker.experiment_name = label
+    if hasattr(tracker, "run_name") and tracker.run_name is None:
+        tracker.run_name = " ".join([label, *overrides])
+    run_id = tracker.start(params=flatten(config),
+                           tags={"overrides": " ".join(overrides), "host": socket.gethostname(),
+                                 "device": str(device), **git_tags()},
+                           run_id=resume.get("tracking_run_id") if resume else None)
+    extras: dict[str, Any] = {"config": config, "class_names": list(cfg.dataset.class_names),
+                              "tracking_run_id": run_id}
+    log.info("run directory %s; training %s on %s", run_dir, label, device)
+    try:
+        metrics = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+                      val_loader=val_loader, evaluator=evaluator, tracker=tracker,
+                      checkpoint_dir=run_dir / "checkpoints", max_epochs=trainer.max_epochs, device=device,
+                      amp=trainer.amp, grad_clip=trainer.grad_clip, log_every=trainer.log_every,
+                      max_nonfinite_in_row=trainer.max_nonfinite_in_row, progress=trainer.progress,
+                      resume=resume, checkpoint_extras=lambda: extras)
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.log_artifact(run_dir / ".hydra")
+    tracker.end("FINISHED")
+    log.info("final val/map %.4f; checkpoints in %s", metrics.get("val/map", float("nan")), run_dir / "checkpoints")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Returns val/map, the metric a Hydra sweeper optimises."""
+    return run_training(cfg)["val/map"]
+
+
+if __name__ == "__main__":
+    main()
