@@ -54,5 +54,17 @@ def seconds(fn: Callable[[], object], *, warmup: int = 1, repeat: int = 5) -> fl
     return statistics.median(times)
 
 
+def best_interleaved(functions: dict[str, Callable[[], object]], *, rounds: int = 3) -> dict[str, float]:
+    """Best wall time of each function over `rounds` rounds that run them in turn: the machine drifts
+    over minutes by more than the differences measured, so alternating is fairer than one after another."""
+    for fn in functions.values():
+        fn()  # warm-up
+    best = {name: float("inf") for name in functions}
+    for _ in range(rounds):
+        for name, fn in functions.items():
+            best[name] = min(best[name], seconds(fn, warmup=0, repeat=1))
+    return best
+
+
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

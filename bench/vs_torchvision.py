@@ -9,7 +9,7 @@ import argparse
 import torch
 import torchvision
 
-from common import batch, build_model, device, seconds
+from common import batch, best_interleaved, build_model, device
 
 
 def train_step(model, optimizer, images, targets, amp):
@@ -34,20 +34,31 @@ def main():
     images = [image.to(dev) for image in images]
     targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
     print(f"SSD300-VGG16, batch {args.batch}, {dev}{' amp' if args.amp else ''}: ours vs torchvision (target <= 1.0x)")
-    results = {}
-    for name, model in (("ours", ours), ("torchvision", theirs)):
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
-        model.train()
-        step = seconds(lambda: train_step(model, optimizer, images, targets, args.amp), repeat=args.repeat)
-        model.eval()
-        with torch.no_grad(), torch.autocast(dev.type, enabled=args.amp,
-                                             dtype=torch.float16 if dev.type == "cuda" else torch.bfloat16):
-            infer = seconds(lambda: model(images), repeat=args.repeat)
-        results[name] = (step, infer)
-        print(f"  {name:<12} train step {step * 1000:8.1f} ms   inference {infer * 1000:8.1f} ms")
-    (our_step, our_infer), (their_step, their_infer) = results["ours"], results["torchvision"]
-    print(f"  ratio ours/torchvision: train step {our_step / their_step:.3f}x, inference {our_infer / their_infer:.3f}x")
+    amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
+    optimizers = {name: torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+                  for name, model in (("ours", ours), ("torchvision", theirs))}
 
+    def train(name, model):
+        def step():
+            model.train()
+            train_step(model, optimizers[name], images, targets, args.amp)
+        return step
+
+    def infer(model):
+        @torch.no_grad()
+        def run():
+            model.eval()
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=args.amp):
+                model(images)
+        return run
+
+    best = best_interleaved({"ours train": train("ours", ours), "torchvision train": train("torchvision", theirs),
+                             "ours infer": infer(ours), "torchvision infer": infer(theirs)}, rounds=args.repeat)
+    for name in ("ours", "torchvision"):
+        print(f"  {name:<12} train step {best[name + ' train'] * 1000:8.1f} ms   "
+              f"inference {best[name + ' infer'] * 1000:8.1f} ms")
+    print(f"  ratio ours/torchvision: train step {best['ours train'] / best['torchvision train']:.3f}x, "
+          f"inference {best['ours infer'] / best['torchvision infer']:.3f}x")
 
 if __name__ == "__main__":
     main()

@@ -85,3 +85,10 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=f"checkpoint {path} is truncated, corrupt or not a checkpoint"):
         load_checkpoint(path)
+
+
+def test_bf16_autocast_trains_with_finite_weights(compose_train, tmp_path):
+    args = setup(compose_train, tmp_path, nan_steps=[])
+    fit(**{**args, "amp": True})
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
+    assert all(torch.isfinite(p).all() for p in args["model"].parameters())

@@ -54,3 +54,14 @@ def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):
     assert "mAP" in result.stdout and "ellipse" in result.stdout
     metrics = json.loads((eval_dir / "run" / "metrics.json").read_text())
     assert 0.0 <= metrics["val/map"] <= 1.0
+
+
+def test_same_seed_repeats_the_run_exactly_on_the_cpu(tmp_path, shapes_root):
+    weights = []
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        folder.mkdir()
+        # a worker process, so that the seeding of augmentation in workers is exercised too
+        train(folder, shapes_root, "backbone=resnet18", "anchors=shapes128", "seed=7", "trainer.num_workers=1")
+        weights.append(load_checkpoint(folder / "run" / "checkpoints" / "last.pt")["model"])
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
