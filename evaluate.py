@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on its validation split (or another dataset's).
 
     python evaluate.py ckpt_path=outputs/.../checkpoints/best.pt [dataset=...]
+    torchrun --nproc_per_node 2 evaluate.py ckpt_path=...   # each rank evaluates its share; same metrics
 """
 
 import json
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from detection.data.loader import build_loader
 from detection.engine.checkpoint import load_checkpoint
+from detection.engine.distributed import init_distributed, shutdown_distributed
 from detection.engine.loop import evaluate, resolve_device, validation_metrics
 from detection.evaluation import DetectionEvaluator
 from train import build_model, experiment_label
@@ -32,11 +34,19 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     model = build_model(trained, pretrained=False)
     model.load_state_dict(checkpoint["model"])
     device = resolve_device(cfg.device)
+    context = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
     model.to(device)
     loader = build_loader(instantiate(dataset.val), batch_size=cfg.batch_size, shuffle=False,
-                          num_workers=cfg.num_workers, seed=0)
+                          num_workers=cfg.num_workers, seed=0, rank=context.rank, world_size=context.world_size)
     evaluator = DetectionEvaluator(class_names=list(dataset.class_names))
-    metrics = validation_metrics(evaluate(model, loader, evaluator, device=device))
+    try:
+        metrics = validation_metrics(evaluate(model, loader, evaluator, device=device, progress=context.is_main))
+    finally:
+        shutdown_distributed()
+    if not context.is_main:
+        return metrics
 
     print(f"{'class':<20}{'AP@0.5 (VOC07)':>16}")
     for name in dataset.class_names:
@@ -63,5 +73,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     main()

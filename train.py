@@ -3,9 +3,11 @@
     python train.py experiment=ssd_shapes            # the default experiment (make train)
     python train.py model=ssd backbone=resnet50      # SSD512-ResNet50
     python train.py ckpt_path=outputs/.../checkpoints/last.pt   # resume
+    torchrun --nproc_per_node 2 train.py ...         # data-parallel on 2 processes (GPUs, or gloo on the CPU)
 """
 
 import logging
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -19,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from detection.data.loader import build_loader
 from detection.engine.checkpoint import load_checkpoint, seed_everything
+from detection.engine.distributed import init_distributed, shutdown_distributed
 from detection.engine.loop import fit, resolve_device
 from detection.evaluation import DetectionEvaluator
-from detection.tracking import flatten
+from detection.tracking import NullTracker, flatten
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,18 @@ def git_tags() -> dict[str, str]:
     return {"git_commit": git("rev-parse", "HEAD") or "unknown", "git_dirty": str(bool(git("status", "--porcelain")))}
 
 
+def export_submitit_ranks() -> None:
+    """A submitit job of several tasks (hydra/launcher=slurm, or submitit_local with tasks_per_node > 1)
+    describes its ranks in SLURM terms; torch.distributed reads RANK, WORLD_SIZE, MASTER_ADDR/PORT."""
+    if os.environ.get("SUBMITIT_EXECUTOR") and "RANK" not in os.environ:
+        import submitit
+
+        if submitit.JobEnvironment().num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def run_training(cfg: DictConfig) -> dict[str, float]:
+    export_submitit_ranks()
     resume = None
     if cfg.ckpt_path:
         resume = load_checkpoint(Path(cfg.ckpt_path))
@@ -59,14 +73,18 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         stored.trainer = cfg.trainer  # the schedule and device of this invocation; all else as stored
         stored.ckpt_path = cfg.ckpt_path
         cfg = stored
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.trainer.device)
-    model = build_model(cfg, pretrained=resume is None)
     trainer = cfg.trainer
+    device = resolve_device(trainer.device)
+    context = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
+    seed_everything(cfg.seed + context.rank)
+    model = build_model(cfg, pretrained=resume is None)
+    shard = {"rank": context.rank, "world_size": context.world_size}
     train_loader = build_loader(instantiate(cfg.dataset.train), batch_size=trainer.batch_size, shuffle=True,
-                                num_workers=trainer.num_workers, seed=cfg.seed, limit=trainer.limit_train_images)
+                                num_workers=trainer.num_workers, seed=cfg.seed, limit=trainer.limit_train_images, **shard)
     val_loader = build_loader(instantiate(cfg.dataset.val), batch_size=trainer.batch_size, shuffle=False,
-                              num_workers=trainer.num_workers, seed=cfg.seed, limit=trainer.limit_val_images)
+                              num_workers=trainer.num_workers, seed=cfg.seed, limit=trainer.limit_val_images, **shard)
     optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
     scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=trainer.max_epochs * len(train_loader))
     evaluator = DetectionEvaluator(class_names=list(cfg.dataset.class_names))
@@ -75,31 +93,35 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     config = OmegaConf.to_container(cfg, resolve=True)
     label = experiment_label(cfg)
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
-    tracker = instantiate(cfg.tracking)
+    tracker = instantiate(cfg.tracking) if context.is_main else NullTracker()
     if hasattr(tracker, "experiment_name") and tracker.experiment_name is None:
         tracker.experiment_name = label
     if hasattr(tracker, "run_name") and tracker.run_name is None:
         tracker.run_name = " ".join([label, *overrides])
     run_id = tracker.start(params=flatten(config),
                            tags={"overrides": " ".join(overrides), "host": socket.gethostname(),
-                                 "device": str(device), **git_tags()},
+                                 "device": str(device), "world_size": str(context.world_size), **git_tags()},
                            run_id=resume.get("tracking_run_id") if resume else None)
     extras: dict[str, Any] = {"config": config, "class_names": list(cfg.dataset.class_names),
                               "tracking_run_id": run_id}
-    log.info("run directory %s; training %s on %s", run_dir, label, device)
+    log.info("run directory %s; training %s on %s (rank %d of %d)", run_dir, label, device, context.rank,
+             context.world_size)
     try:
         metrics = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
                       val_loader=val_loader, evaluator=evaluator, tracker=tracker,
                       checkpoint_dir=run_dir / "checkpoints", max_epochs=trainer.max_epochs, device=device,
                       amp=trainer.amp, grad_clip=trainer.grad_clip, log_every=trainer.log_every,
                       max_nonfinite_in_row=trainer.max_nonfinite_in_row, progress=trainer.progress,
-                      resume=resume, checkpoint_extras=lambda: extras)
+                      resume=resume, checkpoint_extras=lambda: extras, context=context,
+                      sync_batchnorm=trainer.sync_batchnorm)
     except KeyboardInterrupt:
         tracker.end("KILLED")
         raise
     except BaseException:
         tracker.end("FAILED")
         raise
+    finally:
+        shutdown_distributed()
     tracker.log_artifact(run_dir / ".hydra")
     tracker.end("FINISHED")
     log.info("final val/map %.4f; checkpoints in %s", metrics.get("val/map", float("nan")), run_dir / "checkpoints")

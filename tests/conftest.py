@@ -27,9 +27,11 @@ def compose_train(shapes_root):
     return _compose
 
 
-def run_script(script: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
-    """Runs an entry point as a user would, with Hydra's outputs under `cwd`; fails with its output."""
-    result = subprocess.run([sys.executable, str(REPO / script), *args, f"hydra.run.dir={cwd}/run",
+def run_script(script: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 600,
+               launcher: list[str] | None = None):
+    """Runs an entry point as a user would (`launcher`: e.g. torchrun's command), with Hydra's outputs
+    under `cwd`; returns the completed process."""
+    result = subprocess.run([*(launcher or [sys.executable]), str(REPO / script), *args, f"hydra.run.dir={cwd}/run",
                              f"hydra.sweep.dir={cwd}/multirun"],
                             cwd=cwd, capture_output=True, text=True, timeout=timeout,
                             env={**os.environ, **(env or {})})

@@ -3,7 +3,7 @@
 from typing import Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from detection.data.voc import collate_detection
 
@@ -23,18 +23,28 @@ def _seed_worker_transforms(worker_id: int) -> None:
 
 
 def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                 limit: Optional[int] = None) -> DataLoader:
-    """A DataLoader yielding (list of images, list of targets).
+                 limit: Optional[int] = None, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A DataLoader yielding (list of images, list of targets), this rank's share of `dataset`.
+
+    Training (`shuffle`): a DistributedSampler, also for one process, so that the order depends only on
+    the seed and the epoch (`sampler.set_epoch`), and rank r of W takes every W-th item of the one
+    permutation: W ranks with batch b see exactly the batches of one process with batch W * b.
+    Evaluation: rank r takes items r, r + W, ... with no padding, so no image is counted twice.
 
     Args:
-        seed: seeds the shuffling generator (checkpointed by the loop) and the augmentation RNGs.
+        seed: seeds the shuffling (the same on every rank); the augmentation RNGs get seed + rank.
         limit: use only the first `limit` items of `dataset`.
     """
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
+    sampler = None
+    if shuffle:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    elif world_size > 1:
+        dataset = Subset(dataset, range(rank, len(dataset), world_size))
     transforms = _transforms_of(dataset)
     if num_workers == 0 and hasattr(transforms, "set_random_seed"):
-        transforms.set_random_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=collate_detection, generator=torch.Generator().manual_seed(seed),
+        transforms.set_random_seed(seed + rank)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_detection, generator=torch.Generator().manual_seed(seed + rank),
                       worker_init_fn=_seed_worker_transforms, pin_memory=torch.cuda.is_available())

@@ -9,10 +9,12 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from detection.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
+from detection.engine.distributed import DistributedContext, all_ranks_agree, gather_to_all
 from detection.evaluation import DetectionEvaluator
 from detection.tracking import Tracker
 
@@ -42,15 +44,22 @@ def to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, evaluator: DetectionEvaluator, *, device: torch.device,
              amp: bool = False, progress: bool = True) -> dict[str, float]:
-    """Runs the model in eval mode over `loader` and returns the evaluator's metrics."""
+    """Runs the model in eval mode over `loader` (this rank's share of the split) and returns the
+    evaluator's metrics over the whole split: predictions of all ranks are gathered and put in
+    image_id order, so every rank gets exactly the metrics of a single-process evaluation."""
     model.eval()
-    evaluator.reset()
+    results = []
     for images, targets in tqdm(loader, desc="validate", disable=not progress, leave=False, dynamic_ncols=True):
         images, _ = to_device(images, [], device)
         with autocast(device, amp):
             predictions = model(images)
-        evaluator.update([{k: v.float() if v.is_floating_point() else v for k, v in p.items()} for p in predictions],
-                         targets)
+        for prediction, target in zip(predictions, targets):
+            results.append((int(target["image_id"]),
+                            {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in prediction.items()},
+                            target))
+    results = sorted(gather_to_all(results), key=lambda result: result[0])
+    evaluator.reset()
+    evaluator.update([prediction for _, prediction, _ in results], [target for _, _, target in results])
     return evaluator.compute()
 
 
@@ -74,17 +83,28 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
         checkpoint_dir: Path, max_epochs: int, device: torch.device, amp: bool = False,
         grad_clip: Optional[float] = None, log_every: int = 10, max_nonfinite_in_row: int = 10,
         progress: bool = True, resume: Optional[dict[str, Any]] = None,
-        checkpoint_extras: Optional[Callable[[], dict[str, Any]]] = None) -> dict[str, float]:
+        checkpoint_extras: Optional[Callable[[], dict[str, Any]]] = None,
+        context: DistributedContext = DistributedContext(), sync_batchnorm: bool = False) -> dict[str, float]:
     """Trains for `max_epochs`, validating and writing `last.pt` (and `best.pt` by val/map) each epoch.
+
+    Under data parallelism (`context.enabled`) the model is wrapped in DistributedDataParallel, and
+    only rank 0 shows progress and writes checkpoints (the caller gives other ranks a NullTracker).
 
     Args:
         resume: a checkpoint from an earlier run of the same configuration; training continues after
             its epoch with its model, optimizer, scheduler, scaler, step and RNG states.
         checkpoint_extras: returns what else each checkpoint holds (config, class names, run id).
+        sync_batchnorm: with several ranks, BatchNorm statistics over the global batch.
     Returns:
         the last validation metrics (`val/map`, ...).
     """
     model.to(device)
+    network = model
+    if context.enabled:
+        if sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        network = DistributedDataParallel(model, device_ids=[context.local_rank] if device.type == "cuda" else None)
+    progress = progress and context.is_main
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
     start_epoch, step, best_map, metrics = 0, 0, -math.inf, {}
     if resume is not None:
@@ -99,15 +119,18 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
         log.info("resumed at epoch %d, step %d", start_epoch, step)
     nonfinite_in_row = 0
     for epoch in range(start_epoch, max_epochs):
-        model.train()
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        network.train()
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{max_epochs}", disable=not progress, dynamic_ncols=True)
         window_start, window_images = time.perf_counter(), 0
         for images, targets in bar:
             images, targets = to_device(images, targets, device)
             with autocast(device, amp):
-                loss_dict = model(images, targets)
+                loss_dict = network(images, targets)
             loss = sum(loss_dict.values())
-            if not torch.isfinite(loss):
+            # decided together: a rank that skipped backward alone would leave the others waiting in DDP
+            if not all_ranks_agree(bool(torch.isfinite(loss)), device):
                 nonfinite_in_row += 1
                 log.warning("non-finite loss at step %d (%d in a row): step skipped", step, nonfinite_in_row)
                 tracker.log_metrics({"train/nonfinite_in_row": nonfinite_in_row}, step=step)
@@ -144,8 +167,9 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
                  "step": step, "best_map": max(best_map, metrics["val/map"]), "rng": rng_state(),
                  "loader_rng": train_loader.generator.get_state() if train_loader.generator is not None else None,
                  "metrics": metrics, **(checkpoint_extras() if checkpoint_extras else {})}
-        save_checkpoint(state, checkpoint_dir / "last.pt")
-        if metrics["val/map"] > best_map:
-            best_map = metrics["val/map"]
-            save_checkpoint(state, checkpoint_dir / "best.pt")
+        if context.is_main:
+            save_checkpoint(state, checkpoint_dir / "last.pt")
+            if metrics["val/map"] > best_map:
+                save_checkpoint(state, checkpoint_dir / "best.pt")
+        best_map = max(best_map, metrics["val/map"])
     return metrics

@@ -1,16 +1,28 @@
 """The SSD MultiBox loss with hard-negative mining (Liu et al., SSD, sec. 2.2 "Training objective")."""
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+
+def positives_normaliser(num_positives: torch.Tensor) -> torch.Tensor:
+    """max(1, positives) / world size, the positives counted over all ranks: DDP averages gradients over
+    ranks, so each rank's loss divided by this equals one process that saw every rank's images."""
+    count = num_positives.detach().float()
+    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world_size > 1:
+        count = count.clone()
+        dist.all_reduce(count)
+    return count.clamp(min=1.0) / world_size
 
 
 class MultiBoxLoss(nn.Module):
     """Smooth-L1 on positive anchors plus cross-entropy on positives and the hardest negatives.
 
     Per image, the negatives kept are the `neg_pos_ratio * num_positives` with the highest background
-    loss (3:1 in the paper). Both terms are divided by max(1, positives in the batch), so a batch
-    without objects gives a finite (zero) loss.
+    loss (3:1 in the paper). Both terms are divided by max(1, positives in the (global) batch), so a
+    batch without objects gives a finite (zero) loss.
     """
 
     def __init__(self, *, neg_pos_ratio: float = 3.0):
@@ -34,7 +46,7 @@ class MultiBoxLoss(nn.Module):
             rank = negative_loss.argsort(dim=1, descending=True).argsort(dim=1)
             num_negatives = (self.neg_pos_ratio * positive.sum(dim=1, keepdim=True)).long()
             hard_negative = rank < num_negatives
-        normaliser = num_positives.clamp(min=1).float()
+        normaliser = positives_normaliser(num_positives)
         regression = F.smooth_l1_loss(loc_preds[positive].float(), loc_targets[positive], reduction="sum")
         classification = ce_per_anchor[positive | hard_negative].sum()
         return {"bbox_regression": regression / normaliser, "classification": classification / normaliser}

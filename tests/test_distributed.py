@@ -1,0 +1,74 @@
+"""Data parallelism on the CPU with gloo: 2 ranks match 1 process; sweeps through submitit's local launcher."""
+
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+
+from conftest import run_script
+from detection.engine.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+# VGG16 has no BatchNorm, so 2 ranks of batch 2 must equal 1 process of batch 4 up to float rounding
+SETTINGS = ["debug=smoke", "model=ssd", "backbone=vgg16", "anchors=shapes128", "augment=none",
+            "dataset.num_train=8", "dataset.num_val=5", "trainer.limit_train_images=8",
+            "trainer.limit_val_images=null", "optimizer.lr=0.01", "tracking=none"]
+
+
+def test_two_ranks_train_and_evaluate_like_one_process(tmp_path, shapes_root):
+    single, double = tmp_path / "single", tmp_path / "double"
+    single.mkdir(), double.mkdir()
+    data = f"dataset.root={shapes_root}"
+    result = run_script("train.py", *SETTINGS, data, "trainer.batch_size=4", cwd=single)
+    assert result.returncode == 0, result.stderr
+    result = run_script("train.py", *SETTINGS, data, "trainer.batch_size=2", cwd=double, launcher=TORCHRUN)
+    assert result.returncode == 0, result.stderr
+    one = load_checkpoint(single / "run" / "checkpoints" / "last.pt")
+    two = load_checkpoint(double / "run" / "checkpoints" / "last.pt")
+    assert one["step"] == two["step"] == 2
+    for key, weight in one["model"].items():
+        assert torch.allclose(weight, two["model"][key], rtol=1e-4, atol=1e-5), key  # summation order only
+
+    # resume under DDP continues at the next epoch and step
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    result = run_script("train.py", *SETTINGS, data, "trainer.batch_size=2", "trainer.max_epochs=2",
+                        f"ckpt_path={double / 'run' / 'checkpoints' / 'last.pt'}", cwd=resumed, launcher=TORCHRUN)
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(resumed / "run" / "checkpoints" / "last.pt")["step"] == 4
+
+    # evaluation: 2 ranks split the 5 validation images 3 + 2 and report the single-process metrics
+    checkpoint = single / "run" / "checkpoints" / "last.pt"
+    metrics = {}
+    for name, launcher in (("one", None), ("two", TORCHRUN)):
+        folder = tmp_path / f"eval_{name}"
+        folder.mkdir()
+        result = run_script("evaluate.py", f"ckpt_path={checkpoint}", "tracking=none", cwd=folder, launcher=launcher)
+        assert result.returncode == 0, result.stderr
+        metrics[name] = json.loads((folder / "run" / "metrics.json").read_text())
+    assert metrics["one"] == metrics["two"]
+
+
+def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path, shapes_root):
+    # rank 0 gets batch size 0 (an error), rank 1 batch size 1 and goes on to wait for rank 0 in DDP:
+    # the job must end with rank 0's error and rank 1 terminated, not hang
+    result = run_script("train.py", *SETTINGS, f"dataset.root={shapes_root}",
+                        "trainer.batch_size='${oc.decode:${oc.env:RANK}}'", cwd=tmp_path, launcher=TORCHRUN, timeout=240)
+    output = result.stderr + result.stdout
+    assert result.returncode != 0
+    assert "got batch_size=0" in output and "SIGTERM" in output  # rank 1 was ended by torchrun
+
+
+def test_sweep_through_the_submitit_local_launcher(tmp_path, shapes_root):
+    result = run_script("train.py", "-m", "hydra/launcher=submitit_local", *SETTINGS, f"dataset.root={shapes_root}",
+                        "backbone=resnet18", "seed=1,2", cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr
+    checkpoints = sorted((tmp_path / "multirun").glob("*/checkpoints/last.pt"))
+    assert len(checkpoints) == 2
+    seeds = {load_checkpoint(path)["config"]["seed"] for path in checkpoints}
+    assert seeds == {1, 2}
+    shutil.rmtree(tmp_path / "multirun")
