@@ -72,3 +72,13 @@ def test_sweep_through_the_submitit_local_launcher(tmp_path, shapes_root):
     seeds = {load_checkpoint(path)["config"]["seed"] for path in checkpoints}
     assert seeds == {1, 2}
     shutil.rmtree(tmp_path / "multirun")
+
+
+def test_a_submitit_job_of_two_tasks_trains_data_parallel(tmp_path, shapes_root):
+    result = run_script("train.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                        *SETTINGS, f"dataset.root={shapes_root}", "trainer.batch_size=2", cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr
+    logs = "".join(path.read_text() for path in (tmp_path / "multirun").rglob("*.log"))
+    assert "(rank 0 of 2)" in logs and "(rank 1 of 2)" in logs
+    # 8 images over 2 ranks of batch 2: 2 steps
+    assert load_checkpoint(tmp_path / "multirun" / "0" / "checkpoints" / "last.pt")["step"] == 2
