@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from detection.data.loader import build_loader
 from detection.engine.checkpoint import load_checkpoint, seed_everything
 from detection.engine.distributed import init_distributed, shutdown_distributed
-from detection.engine.loop import fit, resolve_device
+from detection.engine.loop import TrainingInterrupted, fit, resolve_device
 from detection.evaluation import DetectionEvaluator
 from detection.tracking import NullTracker, flatten
 
@@ -111,9 +112,14 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
                       val_loader=val_loader, evaluator=evaluator, tracker=tracker,
                       checkpoint_dir=run_dir / "checkpoints", max_epochs=trainer.max_epochs, device=device,
                       amp=trainer.amp, grad_clip=trainer.grad_clip, log_every=trainer.log_every,
-                      max_nonfinite_in_row=trainer.max_nonfinite_in_row, progress=trainer.progress,
-                      resume=resume, checkpoint_extras=lambda: extras, context=context,
+                      max_nonfinite_in_row=trainer.max_nonfinite_in_row,
+                      checkpoint_every=trainer.checkpoint_every, keep_last=trainer.keep_last,
+                      progress=trainer.progress, resume=resume, checkpoint_extras=lambda: extras, context=context,
                       sync_batchnorm=trainer.sync_batchnorm)
+    except TrainingInterrupted as interrupted:
+        tracker.end("KILLED")
+        log.error("%s", interrupted)
+        sys.exit(128 + interrupted.signal_number)
     except KeyboardInterrupt:
         tracker.end("KILLED")
         raise

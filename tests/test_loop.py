@@ -1,5 +1,8 @@
 """The training loop: skipped non-finite steps, the stop after too many, checkpoints and resume state."""
 
+import os
+import signal
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -7,7 +10,7 @@ from hydra.utils import instantiate
 from conftest import SMALL_SHAPES
 from detection.data.loader import build_loader
 from detection.engine.checkpoint import load_checkpoint, save_checkpoint
-from detection.engine.loop import NonFiniteLossError, fit
+from detection.engine.loop import NonFiniteLossError, TrainingInterrupted, fit
 from detection.evaluation import DetectionEvaluator
 from detection.tracking import NullTracker
 
@@ -61,9 +64,42 @@ def test_checkpoint_holds_everything_to_resume_and_loads_without_code(compose_tr
     args = setup(compose_train, tmp_path, nan_steps=[])
     fit(**args, checkpoint_extras=lambda: {"config": {"seed": 0}, "class_names": ["a"]})
     checkpoint = load_checkpoint(tmp_path / "last.pt")
-    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "loader_rng", "config",
-            "class_names", "best_map"} <= set(checkpoint)
-    assert checkpoint["epoch"] == 1 and (tmp_path / "best.pt").is_file()
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "batches_done", "step", "rng", "config",
+            "class_names", "best_map", "metrics"} <= set(checkpoint)
+    assert checkpoint["epoch"] == 1 and checkpoint["batches_done"] == 0 and (tmp_path / "best.pt").is_file()
+
+
+def test_only_the_newest_step_checkpoints_are_kept_beside_last_and_best(compose_train, tmp_path):
+    args = setup(compose_train, tmp_path, nan_steps=[])
+    fit(**{**args, "max_epochs": 2, "checkpoint_every": 1, "keep_last": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "step_00000007.pt", "step_00000008.pt"]
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "best.pt")["step"] in (4, 8)  # an epoch end
+
+
+class SignalAtStep(torch.nn.Module):
+    """A real SSD that sends this process SIGTERM during training step `at_step`."""
+
+    def __init__(self, model, at_step):
+        super().__init__()
+        self.model, self.at_step, self.calls = model, at_step, 0
+
+    def forward(self, images, targets=None):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at_step:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return self.model(images, targets)
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_stops(compose_train, tmp_path):
+    args = setup(compose_train, tmp_path, nan_steps=[])
+    args["model"] = SignalAtStep(args["model"].model, at_step=2)
+    with pytest.raises(TrainingInterrupted, match=f"SIGTERM.*ckpt_path={tmp_path / 'step_00000002.pt'}"):
+        fit(**args)
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    assert checkpoint["step"] == 2 and checkpoint["batches_done"] == 2 and checkpoint["epoch"] == 0
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone after fit
 
 
 def test_atomic_write_leaves_the_previous_checkpoint_when_saving_fails(tmp_path):

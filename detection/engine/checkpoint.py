@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,39 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class CheckpointKeeper:
+    """Writes `step_<n>.pt` atomically, points `last.pt` (and `best.pt` when asked) at it, and keeps only
+    the newest `keep_last` step files. `last.pt` and `best.pt` are hard links (copies where the file
+    system has none), so pruning a step file never removes the data they name."""
+
+    def __init__(self, folder: Path, *, keep_last: int = 3):
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+        self.folder = Path(folder)
+        self.keep_last = keep_last
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+    def save(self, state: dict[str, Any], *, step: int, is_best: bool = False) -> Path:
+        path = self.folder / f"step_{step:08d}.pt"
+        save_checkpoint(state, path)
+        self._point(self.last, path)
+        if is_best:
+            self._point(self.folder / "best.pt", path)
+        for old in sorted(self.folder.glob("step_*.pt"))[:-self.keep_last]:
+            old.unlink()
+        return path
+
+    @staticmethod
+    def _point(link: Path, target: Path) -> None:
+        temporary = link.with_name(f".{link.name}.tmp")
+        temporary.unlink(missing_ok=True)
+        try:
+            os.link(target, temporary)
+        except OSError:
+            shutil.copyfile(target, temporary)
+        os.replace(temporary, link)
