@@ -65,12 +65,30 @@ def export_submitit_ranks() -> None:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+def refuse_conflicting_overrides(cfg: DictConfig, stored: DictConfig, overrides: list[str]) -> None:
+    """A resumed run keeps its stored configuration; an override (other than trainer.*) that asks for a
+    different model, backbone, anchors, classes or any other value is refused rather than ignored."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~").replace("/", ".")
+        if key.split(".")[0] in ("ckpt_path", "trainer", "hydra"):
+            continue
+        asked, trained = (OmegaConf.select(config, key) for config in (cfg, stored))
+        if OmegaConf.is_config(asked):
+            asked = OmegaConf.to_container(asked, resolve=True)
+        if OmegaConf.is_config(trained):
+            trained = OmegaConf.to_container(trained, resolve=True)
+        if asked != trained:
+            raise ValueError(f"{cfg.ckpt_path} was trained with {key}={trained}, but the command asks for "
+                             f"{key}={asked}; a resumed run keeps its configuration (only trainer.* may change)")
+
+
 def run_training(cfg: DictConfig) -> dict[str, float]:
     export_submitit_ranks()
     resume = None
     if cfg.ckpt_path:
         resume = load_checkpoint(Path(cfg.ckpt_path))
         stored = OmegaConf.create(resume["config"])
+        refuse_conflicting_overrides(cfg, stored, list(HydraConfig.get().overrides.task))
         stored.trainer = cfg.trainer  # the schedule and device of this invocation; all else as stored
         stored.ckpt_path = cfg.ckpt_path
         cfg = stored

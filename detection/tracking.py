@@ -57,6 +57,10 @@ class MlflowTracker:
     mlflow is imported in the methods: it takes seconds to import, and runs with `tracking=none`
     and the core tests should not pay for it.
 
+    A store that cannot be reached at start is an error naming the URI, before any training. A store lost
+    later does not stop training: the failure is reported once, nothing more is sent, and `end()` says
+    how many metric values and artifacts were not logged.
+
     Args:
         uri: tracking URI; None means the SQLite store `mlflow.db` at the repository root.
         experiment_name: created when missing.
@@ -68,6 +72,8 @@ class MlflowTracker:
         self.experiment_name = experiment_name
         self.run_name = run_name
         self._run_id: Optional[str] = None
+        self._lost: Optional[str] = None  # why the store stopped answering, once it has
+        self._unlogged = {"metric values": 0, "artifacts": 0}
 
     def start(self, *, params, tags, run_id=None):
         import mlflow
@@ -89,23 +95,42 @@ class MlflowTracker:
     def log_metrics(self, metrics, step):
         import mlflow
 
-        mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items()}, step=step)
+        self._send(lambda: mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items()}, step=step),
+                   "metric values", len(metrics), f"metrics at step {step}")
 
     def log_artifact(self, path):
         import mlflow
 
         path = Path(path)
         if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=path.name)
+            self._send(lambda: mlflow.log_artifacts(str(path), artifact_path=path.name), "artifacts", 1, str(path))
         else:
-            mlflow.log_artifact(str(path))
+            self._send(lambda: mlflow.log_artifact(str(path)), "artifacts", 1, str(path))
 
     def end(self, status="FINISHED"):
         import mlflow
 
-        if self._run_id is not None:
-            mlflow.end_run(status=status)
-            self._run_id = None
+        if self._run_id is None:
+            return
+        self._send(lambda: mlflow.end_run(status=status), "run status", 0, f"the run's end ({status})")
+        if self._lost is not None:
+            log.error("MLflow run %s at %s is incomplete: %s not logged after the store was lost (%s)",
+                      self._run_id, self.uri,
+                      ", ".join(f"{count} {kind}" for kind, count in self._unlogged.items()), self._lost)
+        self._run_id = None
+
+    def _send(self, call, kind: str, count: int, what: str) -> None:
+        """Runs one logging call; after the first failure, counts instead of calling."""
+        if self._lost is None:
+            try:
+                call()
+                return
+            except Exception as error:
+                self._lost = f"{type(error).__name__}: {error}"
+                log.error("lost the MLflow tracking store at %s while logging %s (%s); training goes on, "
+                          "nothing more is sent to it", self.uri, what, self._lost)
+        if kind in self._unlogged:
+            self._unlogged[kind] += count
 
 
 def _param_value(value: Any) -> str:

@@ -4,9 +4,12 @@ cleanly with a checkpoint and a KILLED MLflow run."""
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -80,3 +83,53 @@ def test_sigterm_checkpoints_ends_the_run_killed_and_says_how_to_resume(tmp_path
     client = mlflow.MlflowClient(store)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [run.info.status for run in runs] == ["KILLED"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free loopback port with a temporary SQLite store; always stopped."""
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                               "--default-artifact-root", str(tmp_path / "artifacts")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("mlflow server did not start")
+                time.sleep(0.5)
+        yield uri, server
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def test_a_tracking_server_that_dies_mid_run_is_reported_once_and_training_goes_on(tmp_path, shapes_root,
+                                                                                    mlflow_server):
+    uri, server = mlflow_server
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *SETTINGS, f"dataset.root={shapes_root}", "tracking=mlflow",
+         f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    wait_for(tmp_path / "run" / "checkpoints" / "step_00000002.pt", process)
+    os.killpg(server.pid, signal.SIGKILL)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 8  # no step lost
+    assert output.count("lost the MLflow tracking store") == 1
+    assert "is incomplete:" in output and "metric values" in output

@@ -65,3 +65,13 @@ def test_same_seed_repeats_the_run_exactly_on_the_cpu(tmp_path, shapes_root):
         train(folder, shapes_root, "backbone=resnet18", "anchors=shapes128", "seed=7", "trainer.num_workers=1")
         weights.append(load_checkpoint(folder / "run" / "checkpoints" / "last.pt")["model"])
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def test_resume_refuses_an_override_that_changes_the_trained_configuration(tmp_path, shapes_root):
+    train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128")
+    other = tmp_path / "other"
+    other.mkdir()
+    result = run_script("train.py", "debug=smoke", f"dataset.root={shapes_root}", *SMALL_SHAPES, "backbone=vgg16",
+                        f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.pt'}", "tracking=none", cwd=other)
+    assert result.returncode != 0
+    assert "was trained with backbone=" in result.stderr and "only trainer.* may change" in result.stderr
