@@ -19,7 +19,7 @@ from detection.engine.checkpoint import load_checkpoint
 from detection.engine.distributed import init_distributed, shutdown_distributed
 from detection.engine.loop import evaluate, resolve_device, validation_metrics
 from detection.evaluation import DetectionEvaluator
-from train import build_model, experiment_label
+from train import build_model, build_tracker, experiment_label
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     print(f"{'mAP':<20}{metrics['val/map']:>16.4f}")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    tracker = instantiate(cfg.tracking)
-    if hasattr(tracker, "experiment_name") and tracker.experiment_name is None:
-        tracker.experiment_name = experiment_label(trained)
-    if hasattr(tracker, "run_name") and tracker.run_name is None:
-        tracker.run_name = f"evaluate {Path(cfg.ckpt_path).name}"
+    tracker = build_tracker(cfg.tracking, experiment_name=experiment_label(trained),
+                            run_name=f"evaluate {Path(cfg.ckpt_path).name}")
     tracker.start(params={"ckpt_path": str(cfg.ckpt_path), "dataset.name": dataset.name},
                   tags={"job": "evaluate"})
     tracker.log_metrics(metrics, step=int(checkpoint["step"]))

@@ -48,6 +48,16 @@ def build_model(cfg: DictConfig, *, pretrained: bool = True) -> torch.nn.Module:
     return instantiate(cfg.model)
 
 
+def build_tracker(tracking: DictConfig, *, experiment_name: str, run_name: str):
+    """The configured tracker, with the experiment and run names it was not given filled in."""
+    tracker = instantiate(tracking)
+    if getattr(tracker, "experiment_name", "") is None:
+        tracker.experiment_name = experiment_name
+    if getattr(tracker, "run_name", "") is None:
+        tracker.run_name = run_name
+    return tracker
+
+
 def git_tags() -> dict[str, str]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
@@ -112,11 +122,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     config = OmegaConf.to_container(cfg, resolve=True)
     label = experiment_label(cfg)
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
-    tracker = instantiate(cfg.tracking) if context.is_main else NullTracker()
-    if hasattr(tracker, "experiment_name") and tracker.experiment_name is None:
-        tracker.experiment_name = label
-    if hasattr(tracker, "run_name") and tracker.run_name is None:
-        tracker.run_name = " ".join([label, *overrides])
+    tracker = (build_tracker(cfg.tracking, experiment_name=label, run_name=" ".join([label, *overrides]))
+               if context.is_main else NullTracker())
     run_id = tracker.start(params=flatten(config),
                            tags={"overrides": " ".join(overrides), "host": socket.gethostname(),
                                  "device": str(device), "world_size": str(context.world_size), **git_tags()},

@@ -89,11 +89,13 @@ def test_every_experiment_and_debug_preset_composes_and_builds(compose_train, ex
         assert cfg.trainer.max_epochs >= 1
 
 
+@pytest.mark.faults
 def test_unknown_group_option_gets_hydras_error(compose_train):
     with pytest.raises(MissingConfigException, match="backbone"):
         compose_train("backbone=resnet9000")
 
 
+@pytest.mark.faults
 def test_unknown_key_gets_hydras_error(compose_train):
     with pytest.raises(ConfigCompositionException, match="trainer.epochz"):
         compose_train("trainer.epochz=3")

@@ -44,6 +44,7 @@ def setup(compose_train, tmp_path, nan_steps, max_in_row=10):
                 max_nonfinite_in_row=max_in_row)
 
 
+@pytest.mark.faults
 def test_non_finite_losses_skip_their_step(compose_train, tmp_path):
     args = setup(compose_train, tmp_path, nan_steps=[2])
     before = [p.detach().clone() for p in args["model"].parameters()]
@@ -54,6 +55,7 @@ def test_non_finite_losses_skip_their_step(compose_train, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, args["model"].parameters()))
 
 
+@pytest.mark.faults
 def test_too_many_non_finite_losses_in_a_row_stop_the_run(compose_train, tmp_path):
     args = setup(compose_train, tmp_path, nan_steps=[1, 2, 3], max_in_row=2)
     with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
@@ -102,6 +104,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_stops(compose_train, tmp_path
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone after fit
 
 
+@pytest.mark.faults
 def test_atomic_write_leaves_the_previous_checkpoint_when_saving_fails(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint({"step": 1}, path)
@@ -116,6 +119,7 @@ def test_atomic_write_leaves_the_previous_checkpoint_when_saving_fails(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+@pytest.mark.faults
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
     path = tmp_path / "last.pt"
     path.write_bytes(b"not a checkpoint")

@@ -118,6 +118,7 @@ def mlflow_server(tmp_path):
         server.wait()
 
 
+@pytest.mark.faults
 def test_a_tracking_server_that_dies_mid_run_is_reported_once_and_training_goes_on(tmp_path, shapes_root,
                                                                                     mlflow_server):
     uri, server = mlflow_server

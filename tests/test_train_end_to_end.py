@@ -67,6 +67,7 @@ def test_same_seed_repeats_the_run_exactly_on_the_cpu(tmp_path, shapes_root):
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
 
+@pytest.mark.faults
 def test_resume_refuses_an_override_that_changes_the_trained_configuration(tmp_path, shapes_root):
     train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128")
     other = tmp_path / "other"

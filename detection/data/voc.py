@@ -1,7 +1,9 @@
 """Datasets in the PASCAL VOC layout: JPEGImages/, Annotations/*.xml, ImageSets/Main/<split>.txt and,
 for instance masks, SegmentationObject/*.png."""
 
+import logging
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -11,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from detection.data.targets import check_boxes
+log = logging.getLogger(__name__)
 
 VOID_INDEX = 255  # SegmentationObject's border / ignore value
 
@@ -29,33 +31,58 @@ class Annotation:
     instance_ids: np.ndarray
 
 
-def parse_voc_xml(xml_path: Path, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class VOCObjects:
+    """The objects of one annotation file. boxes float32 [N, 4] continuous xyxy pixels; labels int64 [N];
+    difficult bool [N]; positions int64 [N], each object's 1-based place in the file (its
+    SegmentationObject index); size (width, height) when the file gives one; unknown: objects of classes
+    not in the list, left out."""
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    positions: np.ndarray
+    size: Optional[tuple[int, int]]
+    unknown: int
+
+
+def parse_voc_xml(xml_path: Path, class_names: Sequence[str], *, ignore_unknown: bool = False) -> VOCObjects:
     """Reads one VOC annotation file.
 
     VOC boxes are 1-based and pixel-inclusive; they become continuous xyxy once, here:
     x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax.
 
-    Returns:
-        boxes float32 [N, 4], labels int64 [N] (class_names[k - 1] has label k), difficult bool [N].
+    Args:
+        ignore_unknown: leave out (and count) objects whose class is not in `class_names` instead of
+            raising an error that names the file and the class.
     """
+    if not xml_path.is_file():
+        raise FileNotFoundError(f"{xml_path}: annotation file not found")
     try:
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as error:
         raise ValueError(f"{xml_path}: malformed XML ({error})") from error
-    boxes, labels, difficult = [], [], []
-    for obj in root.iter("object"):
+    boxes, labels, difficult, positions, unknown = [], [], [], [], 0
+    for position, obj in enumerate(root.iter("object"), start=1):
         name = obj.findtext("name", "").strip()
         if name not in class_names:
+            if ignore_unknown:
+                unknown += 1
+                continue
             raise ValueError(f"{xml_path}: unknown class {name!r} (expected one of {list(class_names)})")
         box = obj.find("bndbox")
-        if box is None:
-            raise ValueError(f"{xml_path}: object {name!r} has no bndbox")
-        xmin, ymin, xmax, ymax = (float(box.findtext(key)) for key in ("xmin", "ymin", "xmax", "ymax"))
+        try:
+            xmin, ymin, xmax, ymax = (float(box.findtext(key)) for key in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"{xml_path}: object {position} ({name!r}) has no valid bndbox") from None
         boxes.append([xmin - 1.0, ymin - 1.0, xmax, ymax])
         labels.append(class_names.index(name) + 1)
         difficult.append(obj.findtext("difficult", "0").strip() == "1")
-    return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64),
-            np.asarray(difficult, dtype=bool))
+        positions.append(position)
+    width, height = (int(float(root.findtext(f"size/{key}", "0") or 0)) for key in ("width", "height"))
+    return VOCObjects(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64),
+                      np.asarray(difficult, dtype=bool), np.asarray(positions, dtype=np.int64),
+                      (width, height) if width > 0 and height > 0 else None, unknown)
 
 
 class VOCDetection(Dataset):
@@ -71,39 +98,85 @@ class VOCDetection(Dataset):
         class_names: foreground classes in label order.
         transforms: called as transforms(image=, bboxes=, labels=, difficult=[, masks=]) (albumentations).
         keep_difficult: False drops difficult objects (for training; evaluation wants them).
+        on_bad_sample: 'error' raises on a malformed or missing annotation, a missing or unreadable image
+            or mask, naming the file; 'skip' leaves such samples out, logs each and counts them
+            (`fixes` here; the loop reports the images skipped while loading).
+        ignore_unknown_classes: leave out objects of other classes (counted) instead of an error.
+
+    Boxes outside the image are clipped to it, and boxes left empty are dropped; both are counted in
+    `fixes` and logged. Images without objects stay, as negatives.
     """
 
     def __init__(self, *, root: str, split: str, class_names: Sequence[str],
-                 transforms: Optional[Callable] = None, keep_difficult: bool = True, with_masks: bool = False):
+                 transforms: Optional[Callable] = None, keep_difficult: bool = True, with_masks: bool = False,
+                 on_bad_sample: str = "error", ignore_unknown_classes: bool = False):
+        if on_bad_sample not in ("error", "skip"):
+            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
         self.root = Path(root).expanduser()
         self.class_names = tuple(class_names)
         self.transforms = transforms
         self.with_masks = with_masks
+        self.skip_bad = on_bad_sample == "skip"
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: dataset root not found (expected Annotations/, JPEGImages/ "
+                                    f"and ImageSets/Main/ there)")
         split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
             raise FileNotFoundError(f"{split_file}: split file not found (expected a VOC layout under {self.root})")
         ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
-        self.annotations = [self._annotation(image_id, keep_difficult) for image_id in ids]
+        if not ids:
+            raise ValueError(f"{split_file}: the split lists no images")
+        self.fixes: Counter = Counter()
+        self.annotations = []
+        for image_id in ids:
+            try:
+                self.annotations.append(self._annotation(image_id, keep_difficult, ignore_unknown_classes))
+            except (OSError, ValueError) as error:
+                if not self.skip_bad:
+                    raise
+                self.fixes["skipped samples"] += 1
+                log.warning("skipped: %s", error)
+        self.fixes = +self.fixes  # without the zero counts
+        if self.fixes:
+            log.warning("%s split %s: %s", self.root, split, ", ".join(f"{n} {kind}" for kind, n in self.fixes.items()))
+        if not self.annotations:
+            raise ValueError(f"{split_file}: no readable samples ({dict(self.fixes)})")
 
-    def _annotation(self, image_id: str, keep_difficult: bool) -> Annotation:
+    def _annotation(self, image_id: str, keep_difficult: bool, ignore_unknown: bool) -> Annotation:
+        """One sample's annotation, boxes clipped to the image and emptied ones dropped (both counted)."""
         xml_path = self.root / "Annotations" / f"{image_id}.xml"
-        boxes, labels, difficult = parse_voc_xml(xml_path, self.class_names)
-        check_boxes(torch.from_numpy(boxes), str(xml_path))
-        keep = np.ones_like(difficult) if keep_difficult else ~difficult
-        return Annotation(self.root / "JPEGImages" / f"{image_id}.jpg",
-                          self.root / "SegmentationObject" / f"{image_id}.png",
-                          boxes[keep], labels[keep], difficult[keep], np.flatnonzero(keep) + 1)
+        image_path = self.root / "JPEGImages" / f"{image_id}.jpg"
+        objects = parse_voc_xml(xml_path, self.class_names, ignore_unknown=ignore_unknown)
+        self.fixes["ignored unknown-class objects"] += objects.unknown
+        if not image_path.is_file():
+            raise FileNotFoundError(f"{xml_path}: its image {image_path} does not exist")
+        width, height = objects.size or _image_size(image_path)
+        clipped = np.clip(objects.boxes, 0, [width, height, width, height]).astype(np.float32)
+        self.fixes["boxes clipped to the image"] += int((clipped != objects.boxes).any(axis=1).sum())
+        keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        self.fixes["empty boxes dropped"] += int((~keep).sum())
+        if not keep_difficult:
+            keep &= ~objects.difficult
+        return Annotation(image_path, self.root / "SegmentationObject" / f"{image_id}.png", clipped[keep],
+                          objects.labels[keep], objects.difficult[keep], objects.positions[keep])
 
     def __len__(self) -> int:
         return len(self.annotations)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __getitem__(self, index: int) -> Optional[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """The sample, or None for an unreadable image or mask with `on_bad_sample='skip'` (the collate
+        function drops and counts it)."""
         annotation = self.annotations[index]
-        with Image.open(annotation.image_path) as image:
-            pixels = np.array(image.convert("RGB"))
+        try:
+            pixels = _read_pixels(annotation.image_path, "RGB")
+            masks = self._instance_masks(annotation, pixels.shape[:2]) if self.with_masks else None
+        except ValueError as error:
+            if self.skip_bad:
+                log.warning("skipped: %s", error)
+                return None
+            raise
         sample = {"image": pixels, "bboxes": annotation.boxes, "labels": annotation.labels,
                   "difficult": annotation.difficult}
-        masks = self._instance_masks(annotation, pixels.shape[:2]) if self.with_masks else None
         if masks is not None and len(masks):  # albumentations cannot stack zero masks
             sample["masks"] = masks
         if self.transforms is not None:
@@ -122,14 +195,32 @@ class VOCDetection(Dataset):
 
     def _instance_masks(self, annotation: Annotation, size: tuple[int, int]) -> np.ndarray:
         """uint8 [N, H, W], one mask per kept object from its SegmentationObject index; 255 (void) is left out."""
-        with Image.open(annotation.mask_path) as png:
-            instance_map = np.asarray(png)
+        instance_map = _read_pixels(annotation.mask_path, None)
         if instance_map.shape != size:
             raise ValueError(f"{annotation.mask_path}: mask size {instance_map.shape} differs from image {size}")
         return (instance_map[None] == annotation.instance_ids.reshape(-1, 1, 1)).astype(np.uint8)
 
 
-def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Keeps images and targets as lists: detection images differ in size and object count."""
-    images, targets = zip(*batch)
-    return list(images), list(targets)
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable image ({error})") from error
+
+
+def _read_pixels(path: Path, mode: Optional[str]) -> np.ndarray:
+    """The decoded pixels of an image file (converted to `mode` when given); a missing, empty, truncated
+    or corrupt file is a ValueError naming it."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert(mode) if mode else image)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ValueError(f"{path}: unreadable image ({type(error).__name__}: {error})") from error
+
+
+def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]], int]:
+    """Keeps images and targets as lists (detection images differ in size and object count), dropping
+    the samples a dataset skipped (None). Returns (images, targets, number skipped)."""
+    kept = [item for item in batch if item is not None]
+    return [image for image, _ in kept], [target for _, target in kept], len(batch) - len(kept)

@@ -50,8 +50,12 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: DetectionEvaluator, 
     evaluator's metrics over the whole split: predictions of all ranks are gathered and put in
     image_id order, so every rank gets exactly the metrics of a single-process evaluation."""
     model.eval()
-    results = []
-    for images, targets in tqdm(loader, desc="validate", disable=not progress, leave=False, dynamic_ncols=True):
+    results, skipped = [], 0
+    for images, targets, skipped_in_batch in tqdm(loader, desc="validate", disable=not progress, leave=False,
+                                                  dynamic_ncols=True):
+        skipped += skipped_in_batch
+        if not images:
+            continue
         images, _ = to_device(images, [], device)
         with autocast(device, amp):
             predictions = model(images)
@@ -62,7 +66,10 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: DetectionEvaluator, 
     results = sorted(gather_to_all(results), key=lambda result: result[0])
     evaluator.reset()
     evaluator.update([prediction for _, prediction, _ in results], [target for _, _, target in results])
-    return evaluator.compute()
+    skipped = sum(gather_to_all([skipped]))
+    if skipped:
+        log.warning("validation skipped %d unreadable samples (dataset.on_bad_sample=skip)", skipped)
+    return {**evaluator.compute(), "skipped_samples": float(skipped)}
 
 
 def validation_metrics(results: dict[str, float]) -> dict[str, float]:
@@ -175,9 +182,12 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
             train_loader.sampler.skip_batches(batches_done)
             network.train()
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{max_epochs}", disable=not progress, dynamic_ncols=True)
-            window_start, window_images = time.perf_counter(), 0
-            for images, targets in bar:
+            window_start, window_images, skipped = time.perf_counter(), 0, 0
+            for images, targets, skipped_in_batch in bar:
                 batches_done += 1
+                skipped += skipped_in_batch
+                if not all_ranks_agree(bool(images), device):
+                    continue  # every sample of the batch was skipped (on some rank)
                 images, targets = to_device(images, targets, device)
                 with autocast(device, amp):
                     loss_dict = network(images, targets)
@@ -217,6 +227,10 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
                 if checkpoint_every and step % checkpoint_every == 0 and nonfinite_in_row == 0:
                     checkpoint(epoch, batches_done)
             batches_done = 0
+            skipped = sum(gather_to_all([skipped]))
+            if skipped:
+                log.warning("epoch %d skipped %d unreadable samples (dataset.on_bad_sample=skip)", epoch + 1, skipped)
+                tracker.log_metrics({"train/skipped_samples": skipped}, step=step)
             metrics = validation_metrics(evaluate(model, val_loader, evaluator, device=device, amp=amp,
                                                   progress=progress))
             tracker.log_metrics({**metrics, "epoch": epoch + 1}, step=step)
