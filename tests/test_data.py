@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from conftest import SHARED_DATA
 from detection.data.shapes import build_shapes_dataset, generate_shapes
@@ -77,3 +78,18 @@ def test_training_split_leaves_difficult_objects_out_with_their_masks(tmp_path):
     assert torch.equal(easy["boxes"], full["boxes"][~full["difficult"]])
     assert torch.equal(easy["masks"], full["masks"][~full["difficult"]])
     assert not np.any(trained.annotations[index].difficult)
+
+
+def test_bccd_preset_reads_the_real_data_and_trains_a_step(compose_train):
+    root = SHARED_DATA / "BCCD_Dataset" / "BCCD"
+    if not root.is_dir():
+        pytest.skip(f"{root} not available")
+    cfg = compose_train("dataset=bccd", f"dataset.root={root}", "backbone=resnet18", "anchors=shapes128")
+    train, val = instantiate(cfg.dataset.train), instantiate(cfg.dataset.val)
+    assert (len(train), len(val)) == (205, 87) and not train.fixes and not val.fixes
+    image, target = val[0]
+    assert image.shape == (3, 480, 640) and target["labels"].tolist()[:2] == [2, 1]  # WBC, RBC
+    model = instantiate(cfg.model).train()
+    images, targets = zip(train[0], train[1])
+    losses = model(list(images), list(targets))
+    assert torch.isfinite(sum(losses.values()))
