@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -33,10 +32,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
                          f"the dataset has {list(dataset.class_names)}")
     model = build_model(trained, pretrained=False)
     model.load_state_dict(checkpoint["model"])
-    device = resolve_device(cfg.device)
-    context = init_distributed(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", context.local_rank)
+    context, device = init_distributed(resolve_device(cfg.device))
     model.to(device)
     loader = build_loader(instantiate(dataset.val), batch_size=cfg.batch_size, shuffle=False,
                           num_workers=cfg.num_workers, seed=0, rank=context.rank, world_size=context.world_size)

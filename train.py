@@ -75,6 +75,11 @@ def export_submitit_ranks() -> None:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+def plain(value: Any) -> Any:
+    """A config node as resolved Python containers; any other value as it is."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def refuse_conflicting_overrides(cfg: DictConfig, stored: DictConfig, overrides: list[str]) -> None:
     """A resumed run keeps its stored configuration; an override (other than trainer.*) that asks for a
     different model, backbone, anchors, classes or any other value is refused rather than ignored."""
@@ -82,11 +87,7 @@ def refuse_conflicting_overrides(cfg: DictConfig, stored: DictConfig, overrides:
         key = override.split("=", 1)[0].lstrip("+~").replace("/", ".")
         if key.split(".")[0] in ("ckpt_path", "trainer", "hydra"):
             continue
-        asked, trained = (OmegaConf.select(config, key) for config in (cfg, stored))
-        if OmegaConf.is_config(asked):
-            asked = OmegaConf.to_container(asked, resolve=True)
-        if OmegaConf.is_config(trained):
-            trained = OmegaConf.to_container(trained, resolve=True)
+        asked, trained = (plain(OmegaConf.select(config, key)) for config in (cfg, stored))
         if asked != trained:
             raise ValueError(f"{cfg.ckpt_path} was trained with {key}={trained}, but the command asks for "
                              f"{key}={asked}; a resumed run keeps its configuration (only trainer.* may change)")
@@ -103,10 +104,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         stored.ckpt_path = cfg.ckpt_path
         cfg = stored
     trainer = cfg.trainer
-    device = resolve_device(trainer.device)
-    context = init_distributed(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", context.local_rank)
+    context, device = init_distributed(resolve_device(trainer.device))
     seed_everything(cfg.seed + context.rank)
     model = build_model(cfg, pretrained=resume is None)
     shard = {"rank": context.rank, "world_size": context.world_size}

@@ -25,18 +25,23 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def init_distributed(device_type: str) -> DistributedContext:
+def init_distributed(device: torch.device) -> tuple[DistributedContext, torch.device]:
     """Joins the process group that torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) describes:
-    NCCL on CUDA, gloo on the CPU. A plain `python train.py` is a job of one."""
+    NCCL on CUDA, gloo on the CPU. A plain `python train.py` is a job of one.
+
+    Returns:
+        this process's context and its device (on CUDA, the GPU of its local rank).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return DistributedContext()
+        return DistributedContext(), device
     context = DistributedContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    if device_type == "cuda":
-        torch.cuda.set_device(context.local_rank)
+    if device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return context
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return context, device
 
 
 def shutdown_distributed() -> None:
@@ -44,19 +49,22 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def gather_to_all(items: list[Any]) -> list[Any]:
     """Every rank's `items` (picklable), concatenated in rank order, on every rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _world_size() == 1:
         return items
-    gathered: list[list[Any]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+    gathered: list[list[Any]] = [None] * _world_size()  # type: ignore[list-item]
     dist.all_gather_object(gathered, items)
     return [item for part in gathered for item in part]
 
 
-
 def all_ranks_agree(flag: bool, device: torch.device) -> bool:
     """True when `flag` is true on every rank (so that all ranks take the same branch around a collective)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _world_size() == 1:
         return flag
     value = torch.tensor(int(flag), device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)

@@ -47,10 +47,11 @@ def to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device:
 def evaluate(model: nn.Module, loader: Iterable, evaluator: DetectionEvaluator, *, device: torch.device,
              amp: bool = False, progress: bool = True) -> dict[str, float]:
     """Runs the model in eval mode over `loader` (this rank's share of the split) and returns the
-    evaluator's metrics over the whole split: predictions of all ranks are gathered and put in
-    image_id order, so every rank gets exactly the metrics of a single-process evaluation."""
+    evaluator's metrics over the whole split: the records of all ranks are gathered in image_id order,
+    so every rank gets exactly the metrics of a single-process evaluation."""
     model.eval()
-    results, skipped = [], 0
+    evaluator.reset()
+    skipped = 0
     for images, targets, skipped_in_batch in tqdm(loader, desc="validate", disable=not progress, leave=False,
                                                   dynamic_ncols=True):
         skipped += skipped_in_batch
@@ -59,13 +60,9 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: DetectionEvaluator, 
         images, _ = to_device(images, [], device)
         with autocast(device, amp):
             predictions = model(images)
-        for prediction, target in zip(predictions, targets):
-            results.append((int(target["image_id"]),
-                            {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in prediction.items()},
-                            target))
-    results = sorted(gather_to_all(results), key=lambda result: result[0])
-    evaluator.reset()
-    evaluator.update([prediction for _, prediction, _ in results], [target for _, _, target in results])
+        evaluator.update([{k: v.float() if v.is_floating_point() else v for k, v in p.items()} for p in predictions],
+                         targets)
+    evaluator.synchronize(gather_to_all)
     skipped = sum(gather_to_all([skipped]))
     if skipped:
         log.warning("validation skipped %d unreadable samples (dataset.on_bad_sample=skip)", skipped)

@@ -1,6 +1,6 @@
 """Collects predictions and ground truth over a split and computes detection metrics."""
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,17 +31,28 @@ class DetectionEvaluator:
         self.reset()
 
     def reset(self) -> None:
+        self._image_ids: list[int] = []
         self._predictions: list[dict[str, np.ndarray]] = []
         self._targets: list[dict[str, np.ndarray]] = []
 
     def update(self, predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> None:
         """predictions: 'boxes' float [K, 4] xyxy pixels, 'labels' int64 [K], 'scores' float [K];
-        targets: 'boxes' float [N, 4], 'labels' int64 [N], optionally 'difficult' bool [N]."""
+        targets: 'boxes' float [N, 4], 'labels' int64 [N], optionally 'difficult' bool [N] and 'image_id'.
+        Only what the metrics read is kept (no masks, no images)."""
         for prediction, target in zip(predictions, targets, strict=True):
+            self._image_ids.append(int(target.get("image_id", len(self._image_ids))))
             self._predictions.append({key: prediction[key].detach().cpu().numpy() for key in ("boxes", "labels", "scores")})
             difficult = target.get("difficult", torch.zeros(len(target["labels"]), dtype=torch.bool))
             self._targets.append({"boxes": target["boxes"].cpu().numpy(), "labels": target["labels"].cpu().numpy(),
                                   "difficult": difficult.cpu().numpy().astype(bool)})
+
+    def synchronize(self, gather: Callable[[list[Any]], list[Any]]) -> None:
+        """Replaces this process's records with those `gather` collects from every process (data
+        parallelism), in image_id order, so every process computes the single-process metrics."""
+        records = sorted(gather(list(zip(self._image_ids, self._predictions, self._targets))), key=lambda r: r[0])
+        self._image_ids = [image_id for image_id, _, _ in records]
+        self._predictions = [prediction for _, prediction, _ in records]
+        self._targets = [target for _, _, target in records]
 
     def compute(self) -> dict[str, float]:
         results: dict[str, float] = {}
