@@ -69,3 +69,116 @@ def test_eleven_point_and_area_differ_on_the_same_curve():
 def test_iou_uses_the_devkits_inclusive_pixels():
     assert voc_iou(np.array([0.0, 0, 9, 9]), np.array([[0.0, 0, 9, 9], [5.0, 0, 14, 9]])).tolist() == \
         pytest.approx([1.0, 50 / 150])
+
+
+def devkit_average_precisions(predictions, targets, num_classes, eleven_point):
+    """The official devkit's voc_eval loop, transcribed: one detection at a time, per class."""
+    aps = {}
+    for label in range(1, num_classes + 1):
+        objects = {i: (t["boxes"][t["labels"] == label].numpy(), t["difficult"][t["labels"] == label].numpy())
+                   for i, t in enumerate(targets)}
+        npos = sum(int((~difficult).sum()) for _, difficult in objects.values())
+        if npos == 0:
+            continue
+        dets = [(float(s), i, b.numpy()) for i, p in enumerate(predictions)
+                for b, l, s in zip(p["boxes"], p["labels"], p["scores"]) if l == label]
+        dets.sort(key=lambda d: -d[0])
+        used = {i: np.zeros(len(boxes), bool) for i, (boxes, _) in objects.items()}
+        tp, fp = np.zeros(len(dets)), np.zeros(len(dets))
+        for rank, (_, image, box) in enumerate(dets):
+            boxes, difficult = objects[image]
+            ious = voc_iou(box.astype(np.float64), boxes.astype(np.float64)) if len(boxes) else np.zeros(0)
+            if len(ious) and ious.max() > 0.5:
+                best = ious.argmax()
+                if difficult[best]:
+                    continue
+                if not used[image][best]:
+                    tp[rank], used[image][best] = 1, True
+                else:
+                    fp[rank] = 1
+            else:
+                fp[rank] = 1
+        tp, fp = np.cumsum(tp), np.cumsum(fp)
+        aps[label] = average_precision(tp / npos, tp / np.maximum(tp + fp, np.finfo(np.float64).eps),
+                                       eleven_point=eleven_point)
+    return aps
+
+
+def random_split(seed, images=30, classes=3):
+    generator = torch.Generator().manual_seed(seed)
+    predictions, targets = [], []
+    for image in range(images):
+        count = int(torch.randint(0, 5, (1,), generator=generator))
+        corner = torch.rand(count, 2, generator=generator) * 60
+        boxes = torch.cat([corner, corner + 5 + torch.rand(count, 2, generator=generator) * 30], 1)
+        labels = torch.randint(1, classes + 1, (count,), generator=generator)
+        targets.append({"boxes": boxes, "labels": labels, "image_id": torch.tensor(image),
+                        "difficult": torch.rand(count, generator=generator) < 0.2})
+        jitter = torch.randn(count, 4, generator=generator) * 3
+        extra = torch.rand(4, 2, generator=generator) * 60
+        predictions.append({
+            "boxes": torch.cat([boxes + jitter, boxes + jitter * 0.5, torch.cat([extra, extra + 20], 1)]),
+            "labels": torch.cat([labels, labels, torch.randint(1, classes + 1, (4,), generator=generator)]),
+            "scores": torch.rand(2 * count + 4, generator=generator)})
+    return predictions, targets
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_voc_equals_the_devkit_loop_on_random_splits(seed):
+    predictions, targets = random_split(seed)
+    result = evaluate(predictions, targets, classes=("a", "b", "c"))
+    for eleven_point, metric in ((True, "voc07"), (False, "voc")):
+        expected = devkit_average_precisions(predictions, targets, 3, eleven_point)
+        assert {label: result[f"{metric}_ap/{'abc'[label - 1]}"] for label in expected} == pytest.approx(expected)
+
+
+def test_coco_single_true_positive_and_a_loose_box():
+    exact = evaluate([prediction([[10, 10, 50, 50]], [1], [0.9])], [target([[10, 10, 50, 50]], [1])])
+    assert exact["coco_map"] == pytest.approx(1.0) and exact["coco_map_75"] == pytest.approx(1.0)
+    # IoU 40*40 / (40*50) = 0.8: a true positive at thresholds 0.5 ... 0.8 (7 of 10)
+    loose = evaluate([prediction([[10, 10, 60, 50]], [1], [0.9])], [target([[10, 10, 50, 50]], [1])])
+    assert loose["coco_map"] == pytest.approx(0.7) and loose["coco_map_50"] == pytest.approx(1.0)
+    assert loose["coco_map_75"] == pytest.approx(1.0) and loose["coco_ap/a"] == pytest.approx(0.7)
+    assert loose["coco_map_medium"] == pytest.approx(0.7)  # 40x40 = 1600 px: medium (32^2 .. 96^2)
+
+
+def test_coco_difficult_objects_count_neither_way():
+    result = evaluate([prediction([[0, 0, 40, 40], [50, 50, 90, 90]], [1, 1], [0.9, 0.8])],
+                      [target([[0, 0, 40, 40], [50, 50, 90, 90]], [1, 1], [True, False])])
+    assert result["coco_map"] == pytest.approx(1.0)
+
+
+def test_faster_coco_eval_gives_the_numbers_of_pycocotools():
+    predictions, targets = random_split(7, images=60)
+    results = {}
+    for backend in ("faster-coco-eval", "pycocotools"):
+        evaluator = DetectionEvaluator(class_names=("a", "b", "c"), metrics=("coco",), coco_backend=backend)
+        evaluator.update(predictions, targets)
+        results[backend] = evaluator.compute()
+    assert 0 < results["pycocotools"]["coco_map"] < 1
+    assert results["faster-coco-eval"] == results["pycocotools"]
+
+
+def test_mask_metrics_come_with_masks():
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[0, 10:40, 10:40] = 1
+    half = masks.clone()
+    half[0, 25:40] = 0  # half the object: mask IoU 0.5
+    evaluator = DetectionEvaluator(class_names=("a",), metrics=("coco",))
+    evaluator.update([{**prediction([[10, 10, 40, 40]], [1], [0.9]), "masks": half[:, None].float()}],
+                     [{**target([[10, 10, 40, 40]], [1]), "masks": masks}])
+    result = evaluator.compute()
+    assert result["coco_map"] == pytest.approx(1.0)
+    assert result["coco_mask_map_50"] == pytest.approx(1.0) and result["coco_mask_map_75"] == 0.0
+
+
+def test_no_ground_truth_anywhere_gives_zero_maps():
+    result = evaluate([prediction([[0, 0, 10, 10]], [1], [0.9])], [target([], [])])
+    assert result["voc07_map"] == 0.0 and result["coco_map"] == 0.0
+
+
+def test_unknown_metric_or_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown metrics"):
+        DetectionEvaluator(class_names=("a",), metrics=("f1",))
+    with pytest.raises(ValueError, match="unknown COCO backend"):
+        DetectionEvaluator(class_names=("a",), coco_backend="mine")

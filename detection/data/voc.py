@@ -96,7 +96,7 @@ class VOCDetection(Dataset):
         root: the folder holding JPEGImages/, Annotations/, ImageSets/Main/.
         split: the name of the ImageSets/Main/<split>.txt id list.
         class_names: foreground classes in label order.
-        transforms: called as transforms(image=, bboxes=, labels=, difficult=[, masks=]) (albumentations).
+        transforms: a DetectionAugmentation, called as transforms(image=, bboxes=, labels=, difficult=, masks=).
         keep_difficult: False drops difficult objects (for training; evaluation wants them).
         on_bad_sample: 'error' raises on a malformed or missing annotation, a missing or unreadable image
             or mask, naming the file; 'skip' leaves such samples out, logs each and counts them
@@ -176,9 +176,7 @@ class VOCDetection(Dataset):
                 return None
             raise
         sample = {"image": pixels, "bboxes": annotation.boxes, "labels": annotation.labels,
-                  "difficult": annotation.difficult}
-        if masks is not None and len(masks):  # albumentations cannot stack zero masks
-            sample["masks"] = masks
+                  "difficult": annotation.difficult, "masks": masks}
         if self.transforms is not None:
             sample = self.transforms(**sample)
         target = {
@@ -188,8 +186,7 @@ class VOCDetection(Dataset):
             "image_id": torch.tensor(index),
         }
         if self.with_masks:
-            height, width = sample["image"].shape[:2]
-            target["masks"] = torch.as_tensor(np.asarray(sample.get("masks", np.zeros((0, height, width))), dtype=np.uint8))
+            target["masks"] = torch.as_tensor(np.asarray(sample["masks"], dtype=np.uint8))
         image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1).float().div_(255)
         return image, target
 

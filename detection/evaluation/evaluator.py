@@ -5,89 +5,107 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from detection.evaluation.voc import average_precision, match_detections
+from detection.evaluation.coco import BACKENDS, coco_metrics, encode_masks
+from detection.evaluation.voc import average_precision, precision_recall_curves
 
-METRICS = ("voc07", "voc")
+METRICS = ("voc07", "voc", "coco")
+MASK_THRESHOLD = 0.5  # predicted mask probabilities above it are the instance
+EMPTY = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "scores": np.zeros(0, np.float32),
+         "difficult": np.zeros(0, bool), "iscrowd": np.zeros(0, bool)}
 
 
 class DetectionEvaluator:
-    """VOC metrics over a whole split.
+    """VOC and COCO metrics over a whole split, for boxes and (when both sides have them) masks.
 
     Args:
         class_names: foreground classes; label k is class_names[k - 1].
-        metrics: any of 'voc07' (11-point AP at IoU 0.5, VOC2007 test) and 'voc' (area under the
-            precision envelope, VOC2010+).
+        metrics: any of 'voc07' (11-point AP at IoU 0.5, VOC2007 test), 'voc' (area under the precision
+            envelope, VOC2010+) and 'coco' (COCOeval: AP at IoU 0.5:0.95, AP50, AP75, by object size).
+        coco_backend: 'faster-coco-eval' or 'pycocotools' (identical numbers; the first is faster).
 
-    `compute()` returns a flat dict: '<metric>_map' and '<metric>_ap/<class>' per metric; the mean is
-    over classes that have ground truth.
+    `compute()` returns a flat dict: '<metric>_map' and '<metric>_ap/<class>' for voc07 and voc (the mean
+    is over classes with ground truth); for coco 'coco_map', 'coco_map_50', 'coco_map_75',
+    'coco_map_small|medium|large', 'coco_ap/<class>', and the same with 'coco_mask_' when masks were given.
     """
 
-    def __init__(self, *, class_names: Sequence[str], metrics: Sequence[str] = METRICS):
+    def __init__(self, *, class_names: Sequence[str], metrics: Sequence[str] = METRICS,
+                 coco_backend: str = "faster-coco-eval"):
         unknown = set(metrics) - set(METRICS)
         if unknown:
             raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {list(METRICS)}")
+        if coco_backend not in BACKENDS:
+            raise ValueError(f"unknown COCO backend {coco_backend!r}; choose from {list(BACKENDS)}")
         self.class_names = tuple(class_names)
         self.metrics = tuple(metrics)
+        self.coco_backend = coco_backend
         self.reset()
 
     def reset(self) -> None:
-        self._image_ids: list[int] = []
-        self._predictions: list[dict[str, np.ndarray]] = []
-        self._targets: list[dict[str, np.ndarray]] = []
+        self._records: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
 
     def update(self, predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> None:
-        """predictions: 'boxes' float [K, 4] xyxy pixels, 'labels' int64 [K], 'scores' float [K];
-        targets: 'boxes' float [N, 4], 'labels' int64 [N], optionally 'difficult' bool [N] and 'image_id'.
-        Only what the metrics read is kept (no masks, no images)."""
+        """predictions: 'boxes' float [K, 4] xyxy pixels, 'labels' int64 [K], 'scores' float [K], optionally
+        'masks' float [K, 1, H, W] probabilities; targets: 'boxes' float [N, 4], 'labels' int64 [N],
+        optionally 'difficult' bool [N], 'iscrowd' [N], 'masks' uint8 [N, H, W] and 'image_id'.
+        Only what the metrics read is kept: masks as COCO RLEs, no images."""
         for prediction, target in zip(predictions, targets, strict=True):
-            self._image_ids.append(int(target.get("image_id", len(self._image_ids))))
-            self._predictions.append({key: prediction[key].detach().cpu().numpy() for key in ("boxes", "labels", "scores")})
-            difficult = target.get("difficult", torch.zeros(len(target["labels"]), dtype=torch.bool))
-            self._targets.append({"boxes": target["boxes"].cpu().numpy(), "labels": target["labels"].cpu().numpy(),
-                                  "difficult": difficult.cpu().numpy().astype(bool)})
+            image_id = int(target.get("image_id", len(self._records)))
+            detections = {key: prediction[key].detach().cpu().numpy() for key in ("boxes", "labels", "scores")}
+            objects = {"boxes": target["boxes"].cpu().numpy(), "labels": target["labels"].cpu().numpy()}
+            for flag in ("difficult", "iscrowd"):
+                objects[flag] = (target[flag].cpu().numpy().astype(bool) if flag in target
+                                 else np.zeros(len(objects["labels"]), dtype=bool))
+            if "coco" in self.metrics and "masks" in prediction and "masks" in target:
+                predicted = prediction["masks"].detach().reshape(-1, *prediction["masks"].shape[-2:]) > MASK_THRESHOLD
+                detections["masks"] = encode_masks(predicted.cpu().numpy())
+                objects["masks"] = encode_masks(target["masks"].cpu().numpy())
+                objects["image_size"] = tuple(target["masks"].shape[-2:])  # (H, W), for COCOeval's masks
+            self._records.append((image_id, detections, objects))
 
     def synchronize(self, gather: Callable[[list[Any]], list[Any]]) -> None:
         """Replaces this process's records with those `gather` collects from every process (data
         parallelism), in image_id order, so every process computes the single-process metrics."""
-        records = sorted(gather(list(zip(self._image_ids, self._predictions, self._targets))), key=lambda r: r[0])
-        self._image_ids = [image_id for image_id, _, _ in records]
-        self._predictions = [prediction for _, prediction, _ in records]
-        self._targets = [target for _, _, target in records]
+        self._records = sorted(gather(self._records), key=lambda record: record[0])
+
+    def precision_recall(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """class name -> (recall, precision) at IoU 0.5 as VOC ranks detections, for classes with objects."""
+        detections, objects = self._concatenated()
+        curves = precision_recall_curves(detections, objects, len(self.class_names))
+        return {self.class_names[label - 1]: curve for label, curve in curves.items()}
 
     def compute(self) -> dict[str, float]:
         results: dict[str, float] = {}
-        aps: dict[str, list[float]] = {metric: [] for metric in self.metrics}
-        for label, name in enumerate(self.class_names, start=1):
-            curve = self._precision_recall(label)
-            if curve is None:
+        curves = self.precision_recall()
+        for metric in ("voc07", "voc"):
+            if metric not in self.metrics:
                 continue
-            recall, precision = curve
-            for metric in self.metrics:
-                ap = average_precision(recall, precision, eleven_point=metric == "voc07")
-                results[f"{metric}_ap/{name}"] = ap
-                aps[metric].append(ap)
-        for metric in self.metrics:
-            results[f"{metric}_map"] = float(np.mean(aps[metric])) if aps[metric] else 0.0
+            aps = {name: average_precision(recall, precision, eleven_point=metric == "voc07")
+                   for name, (recall, precision) in curves.items()}
+            results.update({f"{metric}_ap/{name}": ap for name, ap in aps.items()})
+            results[f"{metric}_map"] = float(np.mean(list(aps.values()))) if aps else 0.0
+        if "coco" in self.metrics:
+            detections, objects = self._concatenated()
+            images = {image_id: record.get("image_size", (0, 0)) for image_id, _, record in self._records}
+            iou_types = {"coco": "bbox", **({"coco_mask": "segm"} if "masks" in objects else {})}
+            for prefix, iou_type in iou_types.items():
+                metrics = coco_metrics(detections, objects, images=images, class_names=self.class_names,
+                                       iou_type=iou_type, backend=self.coco_backend)
+                results.update({f"{prefix}_{key}": value for key, value in metrics.items()})
         return results
 
-    def _precision_recall(self, label: int):
-        """Recall and precision float [D] of one class over the split, or None without ground truth."""
-        gt_per_image, num_positives = {}, 0
-        det_images, det_scores, det_boxes = [], [], []
-        for image, (prediction, target) in enumerate(zip(self._predictions, self._targets)):
-            mine = target["labels"] == label
-            if mine.any():
-                gt_per_image[image] = (target["boxes"][mine], target["difficult"][mine])
-                num_positives += int((~target["difficult"][mine]).sum())
-            detected = prediction["labels"] == label
-            det_images.append(np.full(int(detected.sum()), image))
-            det_scores.append(prediction["scores"][detected])
-            det_boxes.append(prediction["boxes"][detected].reshape(-1, 4))
-        if num_positives == 0:
-            return None
-        true_positive, false_positive = match_detections(np.concatenate(det_images), np.concatenate(det_scores),
-                                                         np.concatenate(det_boxes), gt_per_image)
-        true_positive, false_positive = np.cumsum(true_positive), np.cumsum(false_positive)
-        recall = true_positive / num_positives
-        precision = true_positive / np.maximum(true_positive + false_positive, np.finfo(np.float64).eps)
-        return recall, precision
+    def _concatenated(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """All records as flat arrays, with 'image' the image_id of each detection and object; masks
+        (RLE lists) only when every record has them."""
+        image_ids = [image_id for image_id, _, _ in self._records]
+        flat = []
+        for side, keys in ((1, ("boxes", "labels", "scores")), (2, ("boxes", "labels", "difficult", "iscrowd"))):
+            parts = [record[side] for record in self._records]
+            sizes = [len(part["labels"]) for part in parts]
+            arrays: dict[str, Any] = {"image": np.repeat(np.array(image_ids, dtype=np.int64), sizes)}
+            for key in keys:
+                arrays[key] = np.concatenate([part[key] for part in parts] or [EMPTY[key]])
+            arrays["boxes"] = arrays["boxes"].reshape(-1, 4)
+            if parts and all("masks" in part for part in parts):
+                arrays["masks"] = [rle for part in parts for rle in part["masks"]]
+            flat.append(arrays)
+        return flat[0], flat[1]

@@ -1,16 +1,19 @@
-"""PASCAL VOC average precision, computed as the official devkit does."""
+"""PASCAL VOC average precision, computed as the official devkit does, vectorised over a whole split."""
 
 import numpy as np
 
+CHUNK = 65536  # detections per IoU block: bounds the [chunk, max objects per image and class] matrix
 
-def voc_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one box float [4] with float [G, 4] in the devkit's pixel-inclusive convention (+1 on
-    widths and heights), so that numbers match published VOC tables."""
-    inter_w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]) + 1.0, 0, None)
-    inter_h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]) + 1.0, 0, None)
+
+def voc_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU float [..., G] of boxes float [..., 4] with others float [..., G, 4] in the devkit's
+    pixel-inclusive convention (+1 on widths and heights), so that numbers match published VOC tables."""
+    boxes = boxes[..., None, :]
+    inter_w = np.clip(np.minimum(boxes[..., 2], others[..., 2]) - np.maximum(boxes[..., 0], others[..., 0]) + 1.0, 0, None)
+    inter_h = np.clip(np.minimum(boxes[..., 3], others[..., 3]) - np.maximum(boxes[..., 1], others[..., 1]) + 1.0, 0, None)
     inter = inter_w * inter_h
-    area = (box[2] - box[0] + 1.0) * (box[3] - box[1] + 1.0)
-    areas = (boxes[:, 2] - boxes[:, 0] + 1.0) * (boxes[:, 3] - boxes[:, 1] + 1.0)
+    area = (boxes[..., 2] - boxes[..., 0] + 1.0) * (boxes[..., 3] - boxes[..., 1] + 1.0)
+    areas = (others[..., 2] - others[..., 0] + 1.0) * (others[..., 3] - others[..., 1] + 1.0)
     return inter / (area + areas - inter)
 
 
@@ -25,39 +28,64 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, *, eleven_point
     return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
 
 
-def match_detections(det_images: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndarray,
-                     gt_per_image: dict[int, tuple[np.ndarray, np.ndarray]],
-                     iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Marks one class's detections, in descending score order, as true or false positives.
+def precision_recall_curves(detections: dict[str, np.ndarray], objects: dict[str, np.ndarray], num_classes: int,
+                            iou_threshold: float = 0.5) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each class's recall and precision over a split, as the devkit ranks and matches detections.
 
-    A detection is a true positive when its best-IoU ground truth (IoU > threshold) is not difficult
-    and not matched yet; a match to a difficult object is neither true nor false positive.
+    A detection (in descending score order within its class) is a true positive when its best-IoU object
+    of the same class and image has IoU > threshold, is not difficult and is not matched yet; a match to
+    a difficult object is neither true nor false positive; difficult objects are not in the recall
+    denominator. So a detection is a true positive exactly when it is the highest-scored one whose best
+    object is that (non-difficult) object, which is what makes this a few array operations.
 
     Args:
-        det_images: int [D] image index per detection; det_scores float [D]; det_boxes float [D, 4] xyxy.
-        gt_per_image: image index -> (boxes float [G, 4], difficult bool [G]) of this class.
+        detections: 'image' int [D], 'labels' int [D] (1..num_classes), 'scores' float [D], 'boxes' float [D, 4].
+        objects: 'image' int [G], 'labels' int [G], 'boxes' float [G, 4], 'difficult' bool [G].
     Returns:
-        true_positive and false_positive, float [D] each, in descending score order.
+        label -> (recall float [D_c], precision float [D_c]) for every class with a non-difficult object.
     """
-    order = np.argsort(-det_scores, kind="stable")
-    true_positive = np.zeros(len(order))
-    false_positive = np.zeros(len(order))
-    matched = {image: np.zeros(len(boxes), dtype=bool) for image, (boxes, _) in gt_per_image.items()}
-    for rank, det in enumerate(order):
-        gt = gt_per_image.get(int(det_images[det]))
-        if gt is None or len(gt[0]) == 0:
-            false_positive[rank] = 1
+    # objects grouped by (image, label); each detection looks only at its own group, padded to a matrix
+    group_keys = objects["image"].astype(np.int64) * (num_classes + 1) + objects["labels"]
+    by_group = np.argsort(group_keys, kind="stable")
+    keys, starts, counts = np.unique(group_keys[by_group], return_index=True, return_counts=True)
+    width = int(counts.max(initial=1))
+    slots = starts[:, None] + np.arange(width)  # [groups, width] positions in by_group
+    valid = np.arange(width) < counts[:, None]
+    padded_boxes = objects["boxes"][by_group][np.minimum(slots, len(by_group) - 1)] if len(by_group) else \
+        np.zeros((0, width, 4))
+
+    det_keys = detections["image"].astype(np.int64) * (num_classes + 1) + detections["labels"]
+    group = np.searchsorted(keys, det_keys)
+    has_group = (group < len(keys)) & (keys[np.minimum(group, len(keys) - 1)] == det_keys) if len(keys) else \
+        np.zeros(len(det_keys), dtype=bool)
+    best_object = np.full(len(det_keys), -1)
+    best_iou = np.zeros(len(det_keys))
+    for start in range(0, len(det_keys), CHUNK):
+        chunk = np.flatnonzero(has_group[start:start + CHUNK]) + start
+        ious = np.where(valid[group[chunk]], voc_iou(detections["boxes"][chunk].astype(np.float64),
+                                                     padded_boxes[group[chunk]]), -np.inf)
+        best = ious.argmax(axis=1)
+        best_iou[chunk] = ious[np.arange(len(chunk)), best]
+        best_object[chunk] = by_group[slots[group[chunk], best]]
+
+    order = np.lexsort((-detections["scores"], detections["labels"]))  # by class, then descending score
+    hit = best_iou[order] > iou_threshold
+    hit_difficult = np.zeros(len(order), dtype=bool)
+    hit_difficult[hit] = objects["difficult"][best_object[order][hit]]
+    candidate = hit & ~hit_difficult
+    first_of_object = np.zeros(len(order), dtype=bool)
+    _, first = np.unique(best_object[order][candidate], return_index=True)
+    first_of_object[np.flatnonzero(candidate)[first]] = True
+    true_positive = first_of_object.astype(np.float64)
+    false_positive = (~first_of_object & ~hit_difficult).astype(np.float64)
+
+    curves = {}
+    sorted_labels = detections["labels"][order]
+    for label in range(1, num_classes + 1):
+        num_positives = int(((objects["labels"] == label) & ~objects["difficult"]).sum())
+        if num_positives == 0:
             continue
-        boxes, difficult = gt
-        ious = voc_iou(det_boxes[det], boxes)
-        best = int(ious.argmax())
-        if ious[best] <= iou_threshold:
-            false_positive[rank] = 1
-        elif difficult[best]:
-            continue
-        elif not matched[int(det_images[det])][best]:
-            true_positive[rank] = 1
-            matched[int(det_images[det])][best] = True
-        else:
-            false_positive[rank] = 1
-    return true_positive, false_positive
+        lo, hi = np.searchsorted(sorted_labels, [label, label + 1])
+        tp, fp = np.cumsum(true_positive[lo:hi]), np.cumsum(false_positive[lo:hi])
+        curves[label] = (tp / num_positives, tp / np.maximum(tp + fp, np.finfo(np.float64).eps))
+    return curves
