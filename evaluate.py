@@ -23,20 +23,31 @@ from train import build_model, build_tracker, experiment_label
 log = logging.getLogger(__name__)
 
 
+def per_class_table(metrics: dict[str, float], classes: list[str]) -> str:
+    """AP per class and their means: VOC07 11-point and VOC area at IoU 0.5, COCO at IoU 0.5:0.95."""
+    columns = (("VOC07 AP50", "val/ap/{}", "val/map"), ("VOC AP50", "val/voc_ap/{}", "val/voc_map"),
+               ("COCO AP", "val/coco_ap/{}", "val/coco_map"))
+    lines = [f"{'class':<20}" + "".join(f"{title:>12}" for title, _, _ in columns)]
+    for name in classes:
+        lines.append(f"{name:<20}" + "".join(f"{metrics.get(key.format(name), float('nan')):>12.4f}" for _, key, _ in columns))
+    lines.append(f"{'mean':<20}" + "".join(f"{metrics.get(mean, float('nan')):>12.4f}" for _, _, mean in columns))
+    return "\n".join(lines)
+
+
 def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     checkpoint = load_checkpoint(Path(cfg.ckpt_path))
     trained = OmegaConf.create(checkpoint["config"])
     dataset = cfg.dataset if cfg.get("dataset") else trained.dataset
-    if list(dataset.class_names) != checkpoint["class_names"]:
+    if list(dataset.classes) != checkpoint["class_names"]:
         raise ValueError(f"{cfg.ckpt_path} was trained on classes {checkpoint['class_names']}, "
-                         f"the dataset has {list(dataset.class_names)}")
+                         f"the dataset has {list(dataset.classes)}")
     model = build_model(trained, pretrained=False)
     model.load_state_dict(checkpoint["model"])
     context, device = init_distributed(resolve_device(cfg.device))
     model.to(device)
     loader = build_loader(instantiate(dataset.val), batch_size=cfg.batch_size, shuffle=False,
                           num_workers=cfg.num_workers, seed=0, rank=context.rank, world_size=context.world_size)
-    evaluator = DetectionEvaluator(class_names=list(dataset.class_names))
+    evaluator = DetectionEvaluator(class_names=list(dataset.classes))
     try:
         metrics = validation_metrics(evaluate(model, loader, evaluator, device=device, progress=context.is_main))
     finally:
@@ -44,10 +55,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     if not context.is_main:
         return metrics
 
-    print(f"{'class':<20}{'AP@0.5 (VOC07)':>16}")
-    for name in dataset.class_names:
-        print(f"{name:<20}{metrics.get(f'val/ap/{name}', float('nan')):>16.4f}")
-    print(f"{'mAP':<20}{metrics['val/map']:>16.4f}")
+    print(per_class_table(metrics, list(dataset.classes)))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     tracker = build_tracker(cfg.tracking, experiment_name=experiment_label(trained),

@@ -114,7 +114,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
                               num_workers=trainer.num_workers, seed=cfg.seed, limit=trainer.limit_val_images, **shard)
     optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
     scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=trainer.max_epochs * len(train_loader))
-    evaluator = DetectionEvaluator(class_names=list(cfg.dataset.class_names))
+    evaluator = DetectionEvaluator(class_names=list(cfg.dataset.classes))
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -126,7 +126,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
                            tags={"overrides": " ".join(overrides), "host": socket.gethostname(),
                                  "device": str(device), "world_size": str(context.world_size), **git_tags()},
                            run_id=resume.get("tracking_run_id") if resume else None)
-    extras: dict[str, Any] = {"config": config, "class_names": list(cfg.dataset.class_names),
+    extras: dict[str, Any] = {"config": config, "class_names": list(cfg.dataset.classes),
                               "tracking_run_id": run_id}
     log.info("run directory %s; training %s on %s (rank %d of %d)", run_dir, label, device, context.rank,
              context.world_size)

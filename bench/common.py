@@ -21,7 +21,7 @@ def compose_config(*overrides: str):
 
 def build_model(*overrides: str, class_names=VOC_CLASSES) -> torch.nn.Module:
     cfg = compose_config(*overrides)
-    cfg.dataset.class_names = class_names
+    cfg.dataset.classes = class_names
     return instantiate(cfg.model)
 
 

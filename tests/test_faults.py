@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 
 from detection.data.loader import build_loader
 from detection.data.shapes import generate_shapes
-from detection.data.voc import VOCDetection, collate_detection
+from detection.data.samples import collate_detection
+from detection.data.voc import VOCDetection
 from detection.engine.loop import evaluate
 from detection.evaluation import DetectionEvaluator
 

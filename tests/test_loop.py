@@ -39,7 +39,7 @@ def setup(compose_train, tmp_path, nan_steps, max_in_row=10):
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return dict(model=model, optimizer=optimizer, scheduler=scheduler, train_loader=loader, val_loader=val,
-                evaluator=DetectionEvaluator(class_names=cfg.dataset.class_names), tracker=NullTracker(),
+                evaluator=DetectionEvaluator(class_names=cfg.dataset.classes), tracker=NullTracker(),
                 checkpoint_dir=tmp_path, max_epochs=1, device=torch.device("cpu"), progress=False,
                 max_nonfinite_in_row=max_in_row)
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from detection.data.voc import collate_detection
+from detection.data.samples import collate_detection
 
 
 def _transforms_of(dataset: Dataset):

@@ -11,7 +11,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
+
+from detection.data.samples import read_pixels, to_image_and_target
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,8 @@ class VOCDetection(Dataset):
 
     Args:
         root: the folder holding JPEGImages/, Annotations/, ImageSets/Main/.
-        split: the name of the ImageSets/Main/<split>.txt id list.
+        split: the name of the ImageSets/<image_set>/<split>.txt id list.
+        image_set: 'Main' (detection) or 'Segmentation' (the VOC2012 subset with instance masks).
         class_names: foreground classes in label order.
         transforms: a DetectionAugmentation, called as transforms(image=, bboxes=, labels=, difficult=, masks=).
         keep_difficult: False drops difficult objects (for training; evaluation wants them).
@@ -109,7 +112,7 @@ class VOCDetection(Dataset):
 
     def __init__(self, *, root: str, split: str, class_names: Sequence[str],
                  transforms: Optional[Callable] = None, keep_difficult: bool = True, with_masks: bool = False,
-                 on_bad_sample: str = "error", ignore_unknown_classes: bool = False):
+                 on_bad_sample: str = "error", ignore_unknown_classes: bool = False, image_set: str = "Main"):
         if on_bad_sample not in ("error", "skip"):
             raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
         self.root = Path(root).expanduser()
@@ -120,9 +123,10 @@ class VOCDetection(Dataset):
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: dataset root not found (expected Annotations/, JPEGImages/ "
                                     f"and ImageSets/Main/ there)")
-        split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
+        split_file = self.root / "ImageSets" / image_set / f"{split}.txt"
         if not split_file.is_file():
-            raise FileNotFoundError(f"{split_file}: split file not found (expected a VOC layout under {self.root})")
+            raise FileNotFoundError(f"{split_file}: split file not found (expected a VOC layout under {self.root}: "
+                                    f"ImageSets/{image_set}/{split}.txt listing image ids)")
         ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
         if not ids:
             raise ValueError(f"{split_file}: the split lists no images")
@@ -168,7 +172,7 @@ class VOCDetection(Dataset):
         function drops and counts it)."""
         annotation = self.annotations[index]
         try:
-            pixels = _read_pixels(annotation.image_path, "RGB")
+            pixels = read_pixels(annotation.image_path, "RGB")
             masks = self._instance_masks(annotation, pixels.shape[:2]) if self.with_masks else None
         except ValueError as error:
             if self.skip_bad:
@@ -179,23 +183,40 @@ class VOCDetection(Dataset):
                   "difficult": annotation.difficult, "masks": masks}
         if self.transforms is not None:
             sample = self.transforms(**sample)
-        target = {
-            "boxes": torch.as_tensor(np.asarray(sample["bboxes"], dtype=np.float32).reshape(-1, 4)),
-            "labels": torch.as_tensor(np.asarray(sample["labels"], dtype=np.int64)),
-            "difficult": torch.as_tensor(np.asarray(sample["difficult"], dtype=bool)),
-            "image_id": torch.tensor(index),
-        }
-        if self.with_masks:
-            target["masks"] = torch.as_tensor(np.asarray(sample["masks"], dtype=np.uint8))
-        image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1).float().div_(255)
-        return image, target
+        return to_image_and_target(sample, index)
 
     def _instance_masks(self, annotation: Annotation, size: tuple[int, int]) -> np.ndarray:
         """uint8 [N, H, W], one mask per kept object from its SegmentationObject index; 255 (void) is left out."""
-        instance_map = _read_pixels(annotation.mask_path, None)
+        instance_map = read_pixels(annotation.mask_path, None)
         if instance_map.shape != size:
             raise ValueError(f"{annotation.mask_path}: mask size {instance_map.shape} differs from image {size}")
         return (instance_map[None] == annotation.instance_ids.reshape(-1, 1, 1)).astype(np.uint8)
+
+
+class ConcatDetection(ConcatDataset):
+    """Several detection datasets as one split (e.g. VOC2007 + VOC2012 trainval): 'image_id' is the index
+    in the whole, so that evaluation never confuses two images; the parts share one augmentation."""
+
+    def __init__(self, datasets: Sequence[Dataset]):
+        super().__init__(datasets)
+        self.transforms = getattr(datasets[0], "transforms", None)
+        self.fixes = sum((getattr(dataset, "fixes", Counter()) for dataset in datasets), Counter())
+
+    def __getitem__(self, index: int):
+        item = super().__getitem__(index)
+        if item is not None:
+            item[1]["image_id"] = torch.tensor(index)
+        return item
+
+
+def build_voc_devkit(*, root: str, sets: Sequence[Sequence[str]], **options) -> ConcatDetection:
+    """The union of VOCdevkit (year, split) sets, e.g. [["VOC2007", "trainval"], ["VOC2012", "trainval"]]:
+    root/<year>/ImageSets/Main/<split>.txt each; `options` go to every VOCDetection."""
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise FileNotFoundError(f"{root_path}: VOCdevkit root not found (expected VOC2007/, VOC2012/ there; "
+                                f"set dataset.root or the VOC_ROOT environment variable)")
+    return ConcatDetection([VOCDetection(root=str(root_path / year), split=split, **options) for year, split in sets])
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -204,20 +225,3 @@ def _image_size(path: Path) -> tuple[int, int]:
             return image.size
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: unreadable image ({error})") from error
-
-
-def _read_pixels(path: Path, mode: Optional[str]) -> np.ndarray:
-    """The decoded pixels of an image file (converted to `mode` when given); a missing, empty, truncated
-    or corrupt file is a ValueError naming it."""
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert(mode) if mode else image)
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"{path}: unreadable image ({type(error).__name__}: {error})") from error
-
-
-def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]], int]:
-    """Keeps images and targets as lists (detection images differ in size and object count), dropping
-    the samples a dataset skipped (None). Returns (images, targets, number skipped)."""
-    kept = [item for item in batch if item is not None]
-    return [image for image, _ in kept], [target for _, target in kept], len(batch) - len(kept)

@@ -34,13 +34,19 @@ def coco_metrics(detections: dict[str, np.ndarray], objects: dict[str, np.ndarra
         'map', 'map_50', 'map_75', 'map_small', 'map_medium', 'map_large' and 'ap/<class>'.
     """
     if backend == "faster-coco-eval":
-        from faster_coco_eval import COCO, COCOeval_faster as COCOeval
+        from faster_coco_eval import COCO as FasterCOCO, COCOeval_faster
+
+        def COCO():
+            return FasterCOCO(print_function=_silent)
+
+        def COCOeval(ground_truth, results, iou_type):
+            return COCOeval_faster(ground_truth, results, iou_type, print_function=_silent)
     elif backend == "pycocotools":
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     else:
         raise ValueError(f"unknown COCO backend {backend!r}; choose from {list(BACKENDS)}")
-    with contextlib.redirect_stdout(io.StringIO()):  # both backends print their progress
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         ground_truth = _indexed(COCO(), _ground_truth(objects, images, class_names, with_masks=iou_type == "segm"))
         results = _indexed(COCO(), {**ground_truth.dataset, "annotations": _results(detections, iou_type)})
         evaluation = COCOeval(ground_truth, results, iou_type)
@@ -91,6 +97,10 @@ def _results(detections, iou_type: str) -> list[dict]:
             result["segmentation"] = rle
             result["area"] = float(mask_utils.area(rle))
     return results
+
+
+def _silent(*args, **kwargs) -> None:
+    """faster-coco-eval logs its progress and summary at INFO through this; we report the numbers ourselves."""
 
 
 def _indexed(coco, dataset: dict):

@@ -1,0 +1,40 @@
+"""What every dataset shares: reading pixels, the torchvision (image, target) pair, list batches."""
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def read_pixels(path: Path, mode: Optional[str]) -> np.ndarray:
+    """The decoded pixels of an image file (converted to `mode` when given); a missing, empty, truncated
+    or corrupt file is a ValueError naming it."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert(mode) if mode else image)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ValueError(f"{path}: unreadable image ({type(error).__name__}: {error})") from error
+
+
+def to_image_and_target(sample: dict[str, Any], index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """An (augmented) sample of uint8 [H, W, 3] 'image', 'bboxes', 'labels', 'difficult' and, when not None,
+    'masks' (plus 'iscrowd' when present) as torchvision's pair: image float32 [3, H, W] in [0, 1];
+    target 'boxes' float32 [N, 4] xyxy pixels, 'labels' int64 [N], 'difficult' bool [N], 'image_id' int64
+    (`index`), 'masks' uint8 [N, H, W]."""
+    target = {"boxes": torch.as_tensor(np.asarray(sample["bboxes"], dtype=np.float32).reshape(-1, 4)),
+              "labels": torch.as_tensor(np.asarray(sample["labels"], dtype=np.int64)),
+              "difficult": torch.as_tensor(np.asarray(sample["difficult"], dtype=bool)),
+              "image_id": torch.tensor(index)}
+    if sample.get("masks") is not None:
+        target["masks"] = torch.as_tensor(np.asarray(sample["masks"], dtype=np.uint8))
+    image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1).float().div_(255)
+    return image, target
+
+
+def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]], int]:
+    """Keeps images and targets as lists (detection images differ in size and object count), dropping
+    the samples a dataset skipped (None). Returns (images, targets, number skipped)."""
+    kept = [item for item in batch if item is not None]
+    return [image for image, _ in kept], [target for _, target in kept], len(batch) - len(kept)
