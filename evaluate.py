@@ -18,7 +18,8 @@ from detection.engine.checkpoint import load_checkpoint
 from detection.engine.distributed import init_distributed, shutdown_distributed
 from detection.engine.loop import evaluate, resolve_device, validation_metrics
 from detection.evaluation import DetectionEvaluator
-from train import build_model, build_tracker, experiment_label
+from detection.tracking import experiment_label
+from train import build_model, build_tracker
 
 log = logging.getLogger(__name__)
 

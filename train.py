@@ -12,29 +12,25 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from detection.data.loader import build_loader
+from detection.engine.artifacts import DebugArtifacts
 from detection.engine.checkpoint import load_checkpoint, seed_everything
 from detection.engine.distributed import init_distributed, shutdown_distributed
-from detection.engine.loop import TrainingInterrupted, fit, resolve_device
+from detection.engine.loop import TrainingInterrupted, autocast, fit, resolve_device
 from detection.evaluation import DetectionEvaluator
-from detection.tracking import NullTracker, flatten
+from detection.models.export import BatchedDetector
+from detection.tracking import NullTracker, experiment_label, flatten, sweep_parent
 
 log = logging.getLogger(__name__)
-
-
-def experiment_label(cfg: DictConfig) -> str:
-    """'<model><input size>_<backbone>_<dataset>', e.g. 'ssd512_resnet50_shapes'."""
-    model = cfg.model._target_.rsplit(".", 1)[-1].removeprefix("build_")
-    size = cfg.anchors.image_size if model == "ssd" else ""
-    return f"{model}{size}_{cfg.backbone.arch}_{cfg.dataset.name}"
 
 
 def build_model(cfg: DictConfig, *, pretrained: bool = True) -> torch.nn.Module:
@@ -93,6 +89,41 @@ def refuse_conflicting_overrides(cfg: DictConfig, stored: DictConfig, overrides:
                              f"{key}={asked}; a resumed run keeps its configuration (only trainer.* may change)")
 
 
+def log_best_model(tracker, model: torch.nn.Module, checkpoint_dir: Path, val_dataset) -> None:
+    """The best checkpoint as an artifact, and the model with its weights as an MLflow model taking a
+    batch tensor, its input example the first validation image scaled to at most 64 pixels a side."""
+    best = checkpoint_dir / "best.pt"
+    tracker.log_artifact(best, artifact_path="checkpoints")
+    model.load_state_dict(load_checkpoint(best)["model"])
+    sample = val_dataset[0]
+    image = sample[0] if sample is not None else torch.zeros(3, 64, 64)
+    scale = min(1.0, 64 / max(image.shape[1:]))
+    example = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear")
+    tracker.log_model(BatchedDetector(model.cpu()), example.numpy())
+
+
+def start_tracking(cfg: DictConfig, *, context, device: torch.device, resume: Optional[dict]):
+    """The tracker of this rank (rank 0's logs, the others' do nothing) with its run started: the run of
+    the checkpoint when resuming, a child of the sweep's parent run in a multirun. Returns (tracker, run id)."""
+    hydra_config = HydraConfig.get()
+    label = experiment_label(cfg)
+    overrides = [o for o in hydra_config.overrides.task if not o.startswith("ckpt_path=")]
+    sweep = sweep_parent(Path(hydra_config.sweep.dir)) if hydra_config.mode == RunMode.MULTIRUN else None
+    if not context.is_main:
+        return NullTracker(), None
+    named = [o for o in overrides if o.split("=", 1)[0] in sweep["swept"]] if sweep else overrides
+    tracker = build_tracker(cfg.tracking, experiment_name=label, run_name=" ".join([label, *named]))
+    if sweep:
+        tracker.experiment_name = sweep["experiment_name"]
+    run_id = tracker.start(params=flatten(OmegaConf.to_container(cfg, resolve=True)),
+                           tags={"overrides": " ".join(overrides), "host": socket.gethostname(),
+                                 "device": str(device), "world_size": str(context.world_size), **git_tags()},
+                           run_id=resume.get("tracking_run_id") if resume else None,
+                           parent_run_id=sweep["run_id"] if sweep else None)
+    tracker.log_artifact(Path(hydra_config.runtime.output_dir) / ".hydra")
+    return tracker, run_id
+
+
 def run_training(cfg: DictConfig) -> dict[str, float]:
     export_submitit_ranks()
     resume = None
@@ -106,39 +137,34 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     trainer = cfg.trainer
     context, device = init_distributed(resolve_device(trainer.device))
     seed_everything(cfg.seed + context.rank)
-    model = build_model(cfg, pretrained=resume is None)
-    shard = {"rank": context.rank, "world_size": context.world_size}
-    train_loader = build_loader(instantiate(cfg.dataset.train), batch_size=trainer.batch_size, shuffle=True,
-                                num_workers=trainer.num_workers, seed=cfg.seed, limit=trainer.limit_train_images, **shard)
-    val_loader = build_loader(instantiate(cfg.dataset.val), batch_size=trainer.batch_size, shuffle=False,
-                              num_workers=trainer.num_workers, seed=cfg.seed, limit=trainer.limit_val_images, **shard)
-    optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
-    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=trainer.max_epochs * len(train_loader))
-    evaluator = DetectionEvaluator(class_names=list(cfg.dataset.classes))
-
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    label = experiment_label(cfg)
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
-    tracker = (build_tracker(cfg.tracking, experiment_name=label, run_name=" ".join([label, *overrides]))
-               if context.is_main else NullTracker())
-    run_id = tracker.start(params=flatten(config),
-                           tags={"overrides": " ".join(overrides), "host": socket.gethostname(),
-                                 "device": str(device), "world_size": str(context.world_size), **git_tags()},
-                           run_id=resume.get("tracking_run_id") if resume else None)
-    extras: dict[str, Any] = {"config": config, "class_names": list(cfg.dataset.classes),
-                              "tracking_run_id": run_id}
-    log.info("run directory %s; training %s on %s (rank %d of %d)", run_dir, label, device, context.rank,
-             context.world_size)
-    try:
+    tracker, run_id = start_tracking(cfg, context=context, device=device, resume=resume)
+    try:  # from here on, whatever fails ends the run FAILED (or KILLED), never left RUNNING
+        model = build_model(cfg, pretrained=resume is None)
+        shard = {"rank": context.rank, "world_size": context.world_size}
+        train_loader = build_loader(instantiate(cfg.dataset.train), batch_size=trainer.batch_size, shuffle=True,
+                                    num_workers=trainer.num_workers, seed=cfg.seed, limit=trainer.limit_train_images,
+                                    **shard)
+        val_loader = build_loader(instantiate(cfg.dataset.val), batch_size=trainer.batch_size, shuffle=False,
+                                  num_workers=trainer.num_workers, seed=cfg.seed, limit=trainer.limit_val_images, **shard)
+        optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
+        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=trainer.max_epochs * len(train_loader))
+        extras: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True),
+                                  "class_names": list(cfg.dataset.classes), "tracking_run_id": run_id}
+        artifacts = (DebugArtifacts(run_dir, tracker, cfg.dataset.classes, every=trainer.debug_images_every,
+                                    autocast=lambda: autocast(device, trainer.amp)) if context.is_main else None)
+        log.info("run directory %s; training %s on %s (rank %d of %d)", run_dir, experiment_label(cfg), device,
+                 context.rank, context.world_size)
         metrics = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-                      val_loader=val_loader, evaluator=evaluator, tracker=tracker,
-                      checkpoint_dir=run_dir / "checkpoints", max_epochs=trainer.max_epochs, device=device,
-                      amp=trainer.amp, grad_clip=trainer.grad_clip, log_every=trainer.log_every,
+                      val_loader=val_loader, evaluator=DetectionEvaluator(class_names=list(cfg.dataset.classes)),
+                      tracker=tracker, checkpoint_dir=run_dir / "checkpoints", max_epochs=trainer.max_epochs,
+                      device=device, amp=trainer.amp, grad_clip=trainer.grad_clip, log_every=trainer.log_every,
                       max_nonfinite_in_row=trainer.max_nonfinite_in_row,
                       checkpoint_every=trainer.checkpoint_every, keep_last=trainer.keep_last,
                       progress=trainer.progress, resume=resume, checkpoint_extras=lambda: extras, context=context,
-                      sync_batchnorm=trainer.sync_batchnorm)
+                      sync_batchnorm=trainer.sync_batchnorm, artifacts=artifacts)
+        if context.is_main:
+            log_best_model(tracker, model, run_dir / "checkpoints", val_loader.dataset)
     except TrainingInterrupted as interrupted:
         tracker.end("KILLED")
         log.error("%s", interrupted)
@@ -151,7 +177,6 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         raise
     finally:
         shutdown_distributed()
-    tracker.log_artifact(run_dir / ".hydra")
     tracker.end("FINISHED")
     log.info("final val/map %.4f; checkpoints in %s", metrics.get("val/map", float("nan")), run_dir / "checkpoints")
     return metrics

@@ -1,33 +1,56 @@
-"""Experiment tracking: the one module that imports mlflow. The loop only sees the `Tracker` protocol."""
+"""Experiment tracking: the one module that imports mlflow (and, for sweeps, knows Hydra's callbacks).
+The loop only sees the `Tracker` protocol."""
 
+import atexit
+import json
 import logging
 import re
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Mapping, Optional, Protocol
+
+import numpy as np
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+SWEEP_FILE = "mlflow_sweep.json"  # in a multirun's sweep dir: the parent run its jobs report to
+
+
+def experiment_label(cfg: DictConfig, choices: Optional[Mapping[str, str]] = None) -> str:
+    """'<model><input size>_<backbone>_<dataset>', e.g. 'ssd512_resnet50_shapes'; `choices` replaces the
+    backbone or dataset part (a sweep's 'vgg16+resnet50')."""
+    choices = choices or {}
+    model = cfg.model._target_.rsplit(".", 1)[-1].removeprefix("build_")
+    size = cfg.anchors.image_size if model == "ssd" else ""
+    return f"{model}{size}_{choices.get('backbone', cfg.backbone.arch)}_{choices.get('dataset', cfg.dataset.name)}"
 
 
 class Tracker(Protocol):
-    def start(self, *, params: Mapping[str, Any], tags: Mapping[str, str], run_id: Optional[str] = None) -> Optional[str]: ...
+    def start(self, *, params: Mapping[str, Any], tags: Mapping[str, str], run_id: Optional[str] = None,
+              parent_run_id: Optional[str] = None) -> Optional[str]: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
-    def log_artifact(self, path: Path) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None: ...
+    def log_model(self, model: Any, input_example: np.ndarray) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
 
 class NullTracker:
     """Logs nothing (`tracking=none`)."""
 
-    def start(self, *, params, tags, run_id=None):
+    def start(self, *, params, tags, run_id=None, parent_run_id=None):
         return None
 
     def log_metrics(self, metrics, step):
         pass
 
-    def log_artifact(self, path):
+    def log_artifact(self, path, artifact_path=None):
+        pass
+
+    def log_model(self, model, input_example):
         pass
 
     def end(self, status="FINISHED"):
@@ -65,17 +88,28 @@ class MlflowTracker:
         uri: tracking URI; None means the SQLite store `mlflow.db` at the repository root.
         experiment_name: created when missing.
         run_name: the run's display name.
+        system_metrics: MLflow's own CPU / memory / disk / network (and GPU, through nvidia-ml-py)
+            sampling, every `system_metrics_interval` seconds, as `system/...` metrics.
+        log_model: `log_model()` logs the model with `mlflow.pytorch.log_model`.
+        register_model: also register it under this name in the model registry (None: do not).
     """
 
-    def __init__(self, *, uri: Optional[str] = None, experiment_name: str = "detection", run_name: str = "run"):
+    def __init__(self, *, uri: Optional[str] = None, experiment_name: str = "detection", run_name: str = "run",
+                 system_metrics: bool = True, system_metrics_interval: float = 10.0, log_model: bool = True,
+                 register_model: Optional[str] = None):
         self.uri = uri or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
         self.experiment_name = experiment_name
         self.run_name = run_name
+        self.system_metrics = system_metrics
+        self.system_metrics_interval = system_metrics_interval
+        self.log_model_enabled = log_model
+        self.register_model = register_model
         self._run_id: Optional[str] = None
         self._lost: Optional[str] = None  # why the store stopped answering, once it has
         self._unlogged = {"metric values": 0, "artifacts": 0}
 
-    def start(self, *, params, tags, run_id=None):
+    def start(self, *, params, tags, run_id=None, parent_run_id=None):
+        """Starts a run (or reopens `run_id` on resume) under `parent_run_id` when given (a sweep's job)."""
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
@@ -83,7 +117,12 @@ class MlflowTracker:
             mlflow.set_experiment(self.experiment_name)
         except Exception as error:
             raise RuntimeError(f"cannot reach the MLflow tracking store at {self.uri}: {error}") from error
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.run_name, tags=dict(tags))
+        if self.system_metrics:
+            mlflow.set_system_metrics_sampling_interval(self.system_metrics_interval)
+            mlflow.set_system_metrics_samples_before_logging(1)
+        tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.run_name, tags=tags,
+                               log_system_metrics=self.system_metrics)
         self._run_id = run.info.run_id
         if run_id is None:
             values = {key: _param_value(value) for key, value in params.items()}
@@ -98,14 +137,43 @@ class MlflowTracker:
         self._send(lambda: mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items()}, step=step),
                    "metric values", len(metrics), f"metrics at step {step}")
 
-    def log_artifact(self, path):
+    def log_artifact(self, path, artifact_path=None):
+        """A file, or a folder as a folder of that name, under `artifact_path` of the run's artifacts."""
         import mlflow
 
         path = Path(path)
         if path.is_dir():
-            self._send(lambda: mlflow.log_artifacts(str(path), artifact_path=path.name), "artifacts", 1, str(path))
+            folder = f"{artifact_path}/{path.name}" if artifact_path else path.name
+            self._send(lambda: mlflow.log_artifacts(str(path), artifact_path=folder), "artifacts", 1, str(path))
         else:
-            self._send(lambda: mlflow.log_artifact(str(path)), "artifacts", 1, str(path))
+            self._send(lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path), "artifacts", 1, str(path))
+
+    def log_model(self, model, input_example):
+        """The model as an MLflow PyTorch model (the run's 'model'), loadable with mlflow.pyfunc.load_model:
+        `model` takes float [N, 3, H, W] of any size and returns float [N, D, 6]; `input_example` is such an
+        input. The package's code travels with it; the requirements are the pinned versions."""
+        import mlflow.pytorch
+
+        if not self.log_model_enabled:
+            return
+        requirements = [f"{name}=={version(name)}" for name in ("torch", "torchvision", "numpy", "pycocotools")]
+        if self._lost is not None:
+            self._unlogged["artifacts"] += 1
+            return
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        # any batch and image size (the example's own would be enforced otherwise); rows of 6 numbers out
+        signature = ModelSignature(inputs=Schema([TensorSpec(input_example.dtype, (-1, input_example.shape[1], -1, -1))]),
+                                   outputs=Schema([TensorSpec(input_example.dtype, (-1, -1, 6))]))
+        try:  # pickled: torch.export cannot trace the data-dependent NMS of a detector
+            mlflow.pytorch.log_model(model, name="model", input_example=input_example, signature=signature,
+                                     serialization_format="pickle",
+                                     code_paths=[str(REPO_ROOT / "detection")], pip_requirements=requirements,
+                                     registered_model_name=self.register_model)
+        except Exception as error:  # the run keeps everything else; say what is missing
+            self._unlogged["artifacts"] += 1
+            log.error("could not log the model to MLflow run %s: %s: %s", self._run_id, type(error).__name__, error)
 
     def end(self, status="FINISHED"):
         import mlflow
@@ -139,3 +207,65 @@ def _param_value(value: Any) -> str:
         cut = "...[cut]"
         return text[: MAX_PARAM_LENGTH - len(cut)] + cut
     return text
+
+
+class MlflowSweepCallback(Callback):
+    """Makes a Hydra multirun one parent MLflow run with a child run per job (`conf/train.yaml`,
+    hydra.callbacks). The parent is created when the sweep starts, in the experiment its jobs will use, and
+    its id is written to <sweep dir>/mlflow_sweep.json, where every job (in this process or in a
+    launcher's) finds it. The parent ends FINISHED, or FAILED when the sweep ends on a failed job (Hydra
+    runs every job of the batch first). Nothing happens with `tracking=none`."""
+
+    def __init__(self):
+        self._client = None
+        self._parent: Optional[str] = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.utils import instantiate
+        from mlflow import MlflowClient
+
+        if config.tracking.get("_target_") != f"{__name__}.MlflowTracker":
+            return
+        tracker = instantiate(config.tracking)
+        overrides = list(config.hydra.overrides.task)
+        swept = {key: value for key, value in (o.split("=", 1) for o in overrides if "=" in o) if "," in value}
+        swept_keys = [*swept, *(config.hydra.sweeper.get("params") or {})]  # and an Optuna search space
+        choices = {key: value.replace(",", "+") for key, value in swept.items() if key in ("backbone", "dataset")}
+        experiment_name = tracker.experiment_name or experiment_label(config, choices)
+        self._client = MlflowClient(tracker.uri)
+        try:
+            experiment = self._client.get_experiment_by_name(experiment_name)
+            experiment_id = experiment.experiment_id if experiment else self._client.create_experiment(experiment_name)
+        except Exception as error:
+            raise RuntimeError(f"cannot reach the MLflow tracking store at {tracker.uri}: {error}") from error
+        sweeper = config.hydra.sweeper.get("_target_", "")
+        swept_overrides = [o for o in overrides if o.split("=", 1)[0] in swept_keys] or swept_keys
+        run = self._client.create_run(experiment_id, run_name=tracker.run_name or " ".join(["sweep", *swept_overrides]),
+                                      tags={"sweep": "parent", "overrides": " ".join(overrides), "sweeper": sweeper,
+                                            "swept": " ".join(swept_keys)})
+        self._parent = run.info.run_id
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self._parent, "experiment_name": experiment_name,
+                                                        "swept": swept_keys}))
+        atexit.register(self._end, "FAILED")  # the sweep raised before on_multirun_end
+        log.info("MLflow sweep run %s in experiment %r at %s", self._parent, experiment_name, tracker.uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Ends the parent FINISHED, with an Optuna search's best parameters and value as its artifact."""
+        results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"
+        if self._parent is not None and results.is_file():
+            self._client.log_artifact(self._parent, str(results))
+        self._end("FINISHED")
+
+    def _end(self, status: str) -> None:
+        if self._parent is not None:
+            self._client.set_terminated(self._parent, status)
+            self._parent = None
+
+
+def sweep_parent(sweep_dir: Path) -> Optional[dict[str, str]]:
+    """The parent run of the multirun in `sweep_dir`, if it made one: 'run_id', 'experiment_name' and
+    'swept', the swept keys (a job's run is named by its values of them)."""
+    path = sweep_dir / SWEEP_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

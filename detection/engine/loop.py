@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -15,10 +15,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from detection.engine.artifacts import DebugArtifacts
 from detection.engine.checkpoint import CheckpointKeeper, rng_state, set_rng_state
 from detection.engine.distributed import DistributedContext, all_ranks_agree, gather_to_all
 from detection.evaluation import DetectionEvaluator
-from detection.tracking import Tracker
+
+if TYPE_CHECKING:  # the protocol only: the loop never loads mlflow or hydra
+    from detection.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +123,13 @@ class StopOnSignal:
 
 
 def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-        train_loader: DataLoader, val_loader: Iterable, evaluator: DetectionEvaluator, tracker: Tracker,
+        train_loader: DataLoader, val_loader: Iterable, evaluator: DetectionEvaluator, tracker: "Tracker",
         checkpoint_dir: Path, max_epochs: int, device: torch.device, amp: bool = False,
         grad_clip: Optional[float] = None, log_every: int = 10, max_nonfinite_in_row: int = 10,
         checkpoint_every: Optional[int] = None, keep_last: int = 3, progress: bool = True,
         resume: Optional[dict[str, Any]] = None, checkpoint_extras: Optional[Callable[[], dict[str, Any]]] = None,
-        context: DistributedContext = DistributedContext(), sync_batchnorm: bool = False) -> dict[str, float]:
+        context: DistributedContext = DistributedContext(), sync_batchnorm: bool = False,
+        artifacts: Optional[DebugArtifacts] = None) -> dict[str, float]:
     """Trains for `max_epochs`, validating each epoch and checkpointing at each epoch end and every
     `checkpoint_every` steps (`step_<n>.pt`, the newest `keep_last` kept; `last.pt`; `best.pt` by val/map).
 
@@ -141,6 +145,7 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
         resume: a checkpoint of an earlier run of the same configuration.
         checkpoint_extras: returns what else each checkpoint holds (config, class names, run id).
         sync_batchnorm: with several ranks, BatchNorm statistics over the global batch.
+        artifacts: debug images and precision-recall plots (rank 0 only).
     Returns:
         the last validation metrics (`val/map`, ...).
     """
@@ -209,6 +214,8 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
                                    "train/lr": optimizer.param_groups[0]["lr"], "train/images_per_s": images_per_s}
                         tracker.log_metrics(scalars, step=step)
                         bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{images_per_s:.1f}")
+                    if artifacts is not None:
+                        artifacts.training_step(model, step, images[0], targets[0])
                 else:
                     nonfinite_in_row += 1
                     log.warning("non-finite loss at step %d (%d in a row): step skipped", step, nonfinite_in_row)
@@ -231,6 +238,8 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
             metrics = validation_metrics(evaluate(model, val_loader, evaluator, device=device, amp=amp,
                                                   progress=progress))
             tracker.log_metrics({**metrics, "epoch": epoch + 1}, step=step)
+            if artifacts is not None:
+                artifacts.validation(model, step, val_loader.dataset[0], evaluator, metrics)
             log.info("epoch %d/%d: val/map %.4f", epoch + 1, max_epochs, metrics["val/map"])
             is_best = metrics["val/map"] > best_map
             best_map = max(best_map, metrics["val/map"])

@@ -1,0 +1,60 @@
+"""Debug artifacts of a training run: images with ground truth and predictions drawn, every N steps and
+at each validation, and a per-class precision-recall plot at each validation. Each is written under the
+run directory (nothing depends on the tracker being up) and sent to the tracker."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import torch
+from torch import nn
+
+from detection.evaluation import DetectionEvaluator
+from detection.visualize import draw_detections, save_image, save_precision_recall_plot
+
+if TYPE_CHECKING:  # the protocol only: the loop never loads mlflow or hydra
+    from detection.tracking import Tracker
+
+
+class DebugArtifacts:
+    """Args:
+        folder: the run directory; images go to debug_images/, plots to precision_recall/.
+        class_names: label k is class_names[k - 1].
+        every: steps between training debug images (None: only at validation).
+        autocast: the context the loop runs the model in (bf16 / fp16 autocast or none).
+    """
+
+    def __init__(self, folder: Path, tracker: "Tracker", class_names: Sequence[str], *, every: Optional[int],
+                 autocast=None):
+        self.folder = folder
+        self.tracker = tracker
+        self.class_names = list(class_names)
+        self.every = every
+        self.autocast = autocast
+
+    def training_step(self, model: nn.Module, step: int, image: torch.Tensor, target: dict) -> None:
+        """Every `every` steps: the batch's first image as the model now sees it."""
+        if self.every and step % self.every == 0:
+            self._debug_image(model, image, target, f"train_step_{step:07d}.png")
+
+    def validation(self, model: nn.Module, step: int, sample: Optional[tuple], evaluator: DetectionEvaluator,
+                   metrics: dict[str, float]) -> None:
+        """After a validation: a validation image (`sample`, or None when unreadable) and the PR curves."""
+        if sample is not None:
+            self._debug_image(model, *sample, f"val_step_{step:07d}.png")
+        aps = {name: metrics.get(f"val/ap/{name}", float("nan")) for name in self.class_names}
+        path = save_precision_recall_plot(evaluator.precision_recall(), aps,
+                                          self.folder / "precision_recall" / f"step_{step:07d}.png",
+                                          title=f"precision-recall at IoU 0.5, step {step}")
+        self.tracker.log_artifact(path, artifact_path="precision_recall")
+
+    @torch.no_grad()
+    def _debug_image(self, model: nn.Module, image: torch.Tensor, target: dict, name: str) -> None:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        with self.autocast() if self.autocast else torch.no_grad():
+            prediction = model([image.to(device)])[0]
+        model.train(was_training)
+        prediction = {key: value.float() if value.is_floating_point() else value for key, value in prediction.items()}
+        drawn = draw_detections(image, target, prediction, self.class_names)
+        self.tracker.log_artifact(save_image(drawn, self.folder / "debug_images" / name), artifact_path="debug_images")
