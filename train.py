@@ -89,10 +89,15 @@ def refuse_conflicting_overrides(cfg: DictConfig, stored: DictConfig, overrides:
                              f"{key}={asked}; a resumed run keeps its configuration (only trainer.* may change)")
 
 
-def log_best_model(tracker, model: torch.nn.Module, checkpoint_dir: Path, val_dataset) -> None:
+def log_best_model(tracker, model: torch.nn.Module, checkpoint_dirs: list[Path], val_dataset) -> None:
     """The best checkpoint as an artifact, and the model with its weights as an MLflow model taking a
-    batch tensor, its input example the first validation image scaled to at most 64 pixels a side."""
-    best = checkpoint_dir / "best.pt"
+    batch tensor, its input example the first validation image scaled to at most 64 pixels a side.
+    `checkpoint_dirs`: this run's, then (resumed) the checkpoint's, whose best.pt stands while no later
+    validation beats it."""
+    best = next((folder / "best.pt" for folder in checkpoint_dirs if (folder / "best.pt").is_file()), None)
+    if best is None:
+        log.warning("no best.pt in %s: the model is not logged", ", ".join(map(str, checkpoint_dirs)))
+        return
     tracker.log_artifact(best, artifact_path="checkpoints")
     model.load_state_dict(load_checkpoint(best)["model"])
     sample = val_dataset[0]
@@ -164,7 +169,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
                       progress=trainer.progress, resume=resume, checkpoint_extras=lambda: extras, context=context,
                       sync_batchnorm=trainer.sync_batchnorm, artifacts=artifacts)
         if context.is_main:
-            log_best_model(tracker, model, run_dir / "checkpoints", val_loader.dataset)
+            resumed_from = [Path(cfg.ckpt_path).parent] if cfg.ckpt_path else []
+            log_best_model(tracker, model, [run_dir / "checkpoints", *resumed_from], val_loader.dataset)
     except TrainingInterrupted as interrupted:
         tracker.end("KILLED")
         log.error("%s", interrupted)

@@ -4,6 +4,7 @@ The loop only sees the `Tracker` protocol."""
 import atexit
 import json
 import logging
+import os
 import re
 from importlib.metadata import version
 from pathlib import Path
@@ -17,7 +18,8 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-SWEEP_FILE = "mlflow_sweep.json"  # in a multirun's sweep dir: the parent run its jobs report to
+SWEEP_FILE = "mlflow_sweep.json"
+URI_VARIABLE = "MLFLOW_TRACKING_URI"  # in a multirun's sweep dir: the parent run its jobs report to
 
 
 def experiment_label(cfg: DictConfig, choices: Optional[Mapping[str, str]] = None) -> str:
@@ -112,7 +114,14 @@ class MlflowTracker:
         """Starts a run (or reopens `run_id` on resume) under `parent_run_id` when given (a sweep's job)."""
         import mlflow
 
+        environment = os.environ.get(URI_VARIABLE)
         mlflow.set_tracking_uri(self.uri)
+        # set_tracking_uri also exports the URI; a later job of a sweep in this process would then resolve
+        # tracking.uri to it and log a different param than the first job did
+        if environment is None:
+            os.environ.pop(URI_VARIABLE, None)
+        else:
+            os.environ[URI_VARIABLE] = environment
         try:
             mlflow.set_experiment(self.experiment_name)
         except Exception as error:
@@ -142,6 +151,10 @@ class MlflowTracker:
         import mlflow
 
         path = Path(path)
+        if not path.exists():  # our mistake, not the store's: say so, and go on logging
+            log.error("not logging %s to MLflow: no such file or folder", path)
+            self._unlogged["artifacts"] += 1
+            return
         if path.is_dir():
             folder = f"{artifact_path}/{path.name}" if artifact_path else path.name
             self._send(lambda: mlflow.log_artifacts(str(path), artifact_path=folder), "artifacts", 1, str(path))

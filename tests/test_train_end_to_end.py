@@ -51,7 +51,7 @@ def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):
     result = run_script("evaluate.py", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.pt'}", cwd=eval_dir,
                         env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "mAP" in result.stdout and "ellipse" in result.stdout
+    assert "VOC07 AP50" in result.stdout and "COCO AP" in result.stdout and "ellipse" in result.stdout
     metrics = json.loads((eval_dir / "run" / "metrics.json").read_text())
     assert 0.0 <= metrics["val/map"] <= 1.0
 

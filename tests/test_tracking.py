@@ -1,0 +1,128 @@
+"""Experiment tracking against a real `mlflow server` (loopback, temporary SQLite store and artifact folder):
+what a run logs, sweeps as parent and child runs, an Optuna search, and a server that is not there."""
+
+import os
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from conftest import SMALL_SHAPES, free_port, run_script
+from detection.tracking import MAX_PARAM_LENGTH, MlflowTracker, _param_value, flatten, metric_name
+
+SMOKE = ["debug=smoke", "backbone=resnet18", "anchors=shapes128", *SMALL_SHAPES, "tracking.system_metrics_interval=1"]
+QUICK_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def all_runs(client: MlflowClient):
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
+    paths = []
+    for item in client.list_artifacts(run_id, path):
+        paths.extend(artifact_paths(client, run_id, item.path) if item.is_dir else [item.path])
+    return paths
+
+
+def test_names_and_params_follow_mlflows_rules():
+    assert flatten({"optimizer": {"lr": 0.1, "betas": [0.9, 0.99]}, "seed": 0}) == \
+        {"optimizer.lr": 0.1, "optimizer.betas": [0.9, 0.99], "seed": 0}
+    assert metric_name("val/ap/traffic light") == "val/ap/traffic light"
+    assert metric_name("val/ap/traffic+light#1") == "val/ap/traffic_light_1"
+    cut = _param_value("x" * 10_000)
+    assert len(cut) == MAX_PARAM_LENGTH and cut.endswith("...[cut]")
+
+
+@pytest.mark.slow
+def test_a_run_logs_config_metrics_images_plots_checkpoint_and_model(tmp_path, shapes_root, mlflow_server):
+    uri, _ = mlflow_server
+    result = run_script("train.py", *SMOKE, f"dataset.root={shapes_root}", f"tracking.uri={uri}",
+                        "tracking.register_model=shapes_ssd", cwd=tmp_path, env=QUICK_RETRIES)
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = MlflowClient(uri)
+    [run] = all_runs(client)
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith("ssd128_resnet18_shapes debug=smoke")
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert params["optimizer.lr"] == "0.001" and params["model._target_"] == "detection.models.ssd.build_ssd"
+    assert params["backbone.weights"] == "None" and params["anchors.image_size"] == "128"
+    assert {"train/loss", "train/classification", "train/bbox_regression", "train/lr", "train/images_per_s",
+            "val/map", "val/map_50", "val/voc_map", "val/coco_map", "val/ap/ellipse"} <= set(metrics)
+    assert any(name.startswith("system/cpu_utilization") for name in metrics)
+    assert any(name.startswith("system/system_memory_usage") for name in metrics)
+    assert {"git_commit", "git_dirty", "host", "device", "overrides"} <= set(tags) and tags["device"] == "cpu"
+    paths = artifact_paths(client, run.info.run_id)
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/best.pt",
+            "debug_images/train_step_0000001.png", "debug_images/val_step_0000002.png",
+            "precision_recall/step_0000002.png"} <= set(paths)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert model.predict(np.random.rand(2, 3, 96, 80).astype(np.float32)).shape == (2, 100, 6)
+    assert client.get_registered_model("shapes_ssd").latest_versions[0].run_id == run.info.run_id
+
+
+@pytest.mark.slow
+def test_a_multirun_is_a_parent_run_with_a_child_per_job_and_a_failed_job_does_not_stop_it(
+        tmp_path, shapes_root, mlflow_server):
+    uri, _ = mlflow_server
+    # the first job fails (AdamW refuses a negative learning rate); the second still runs. The URI comes
+    # from the environment, as tracking.uri's default reads it: every job must log the same value
+    result = run_script("train.py", "-m", *SMOKE, f"dataset.root={shapes_root}", "tracking.log_model=false",
+                        "optimizer.lr=-1,0.002", cwd=tmp_path, env={**QUICK_RETRIES, "MLFLOW_TRACKING_URI": uri})
+    assert result.returncode != 0 and "Invalid learning rate: -1" in result.stderr
+    client = MlflowClient(uri)
+    runs = all_runs(client)
+    [parent] = [run for run in runs if run.data.tags.get("sweep") == "parent"]
+    children = sorted((run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                      key=lambda run: run.data.params["optimizer.lr"])
+    assert len(runs) == 3 and len(children) == 2
+    assert [child.info.status for child in children] == ["FAILED", "FINISHED"]
+    assert parent.info.status == "FAILED" and parent.info.run_name == "sweep optimizer.lr=-1,0.002"
+    assert [child.info.run_name for child in children] == ["ssd128_resnet18_shapes optimizer.lr=-1",
+                                                           "ssd128_resnet18_shapes optimizer.lr=0.002"]
+    first, second = (child.data.params for child in children)
+    assert {key for key in first if first[key] != second.get(key)} == {"optimizer.lr"}
+    assert "val/map" in children[1].data.metrics
+    assert ".hydra/config.yaml" in artifact_paths(client, children[0].info.run_id)  # the failed job's config too
+
+
+@pytest.mark.slow
+def test_an_optuna_search_maximises_val_map_with_trials_as_child_runs(tmp_path, shapes_root, mlflow_server):
+    uri, _ = mlflow_server
+    result = run_script("train.py", "hparams_search=ssd_lr", "hydra.sweeper.n_trials=2", "optimizer=adamw", *SMOKE,
+                        f"dataset.root={shapes_root}", f"tracking.uri={uri}", "tracking.log_model=false",
+                        cwd=tmp_path, env=QUICK_RETRIES)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Best value:" in result.stdout + result.stderr
+    client = MlflowClient(uri)
+    runs = all_runs(client)
+    [parent] = [run for run in runs if run.data.tags.get("sweep") == "parent"]
+    trials = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(trials) == 2 and all(run.info.status == "FINISHED" for run in trials + [parent])
+    assert parent.data.tags["swept"] == "optimizer.lr optimizer.weight_decay"
+    assert len({run.data.params["optimizer.lr"] for run in trials}) == 2
+    assert "optimization_results.yaml" in artifact_paths(client, parent.info.run_id)
+
+
+@pytest.mark.slow
+def test_an_unreachable_server_is_a_clear_error_before_training(tmp_path, shapes_root):
+    uri = f"http://127.0.0.1:{free_port()}"
+    result = run_script("train.py", *SMOKE, f"dataset.root={shapes_root}", f"tracking.uri={uri}", cwd=tmp_path,
+                        env=QUICK_RETRIES, timeout=120)
+    assert result.returncode != 0
+    assert f"cannot reach the MLflow tracking store at {uri}" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_starting_a_run_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
+    """A sweep's jobs share a process: the URI must not leak into the next job's `tracking.uri`."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = MlflowTracker(uri=f"sqlite:///{tmp_path}/mlflow.db", experiment_name="e", run_name="r",
+                            system_metrics=False)
+    tracker.start(params={"optimizer.lr": 0.1}, tags={})
+    tracker.end()
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    [run] = all_runs(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"))
+    assert run.info.status == "FINISHED" and run.data.params == {"optimizer.lr": "0.1"}
