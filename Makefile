@@ -27,6 +27,8 @@ bench: $(INSTALLED)
 	$(PY) bench/train_step.py
 	$(PY) bench/inference.py
 	$(PY) bench/vs_torchvision.py
+	$(PY) bench/eval.py
+	$(PY) bench/data.py
 
 mlflow-ui: $(INSTALLED)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
