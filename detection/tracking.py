@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
-SWEEP_FILE = "mlflow_sweep.json"
-URI_VARIABLE = "MLFLOW_TRACKING_URI"  # in a multirun's sweep dir: the parent run its jobs report to
+SWEEP_FILE = "mlflow_sweep.json"  # in a multirun's sweep dir: the parent run its jobs report to
+URI_VARIABLE = "MLFLOW_TRACKING_URI"
 
 
 def experiment_label(cfg: DictConfig, choices: Optional[Mapping[str, str]] = None) -> str:
