@@ -55,12 +55,14 @@ def test_two_ranks_train_and_evaluate_like_one_process(tmp_path, shapes_root):
 
 def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path, shapes_root):
     # rank 0 gets batch size 0 (an error), rank 1 batch size 1 and goes on to wait for rank 0 in DDP:
-    # the job must end with rank 0's error and rank 1 terminated, not hang
+    # the job must end with rank 0's error and rank 1 ended, not hang. Rank 0 leaves the process group on
+    # its way out, so rank 1 usually fails on the closed connection before torchrun would SIGTERM it.
     result = run_script("train.py", *SETTINGS, f"dataset.root={shapes_root}",
                         "trainer.batch_size='${oc.decode:${oc.env:RANK}}'", cwd=tmp_path, launcher=TORCHRUN, timeout=240)
     output = result.stderr + result.stdout
     assert result.returncode != 0
-    assert "got batch_size=0" in output and "SIGTERM" in output  # rank 1 was ended by torchrun
+    assert "got batch_size=0" in output
+    assert "Connection closed by peer" in output or "SIGTERM" in output
 
 
 def test_sweep_through_the_submitit_local_launcher(tmp_path, shapes_root):
