@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from conftest import SHARED_DATA
 from detection.data.shapes import build_shapes_dataset, generate_shapes
-from detection.data.voc import VOCDetection, parse_voc_xml
+from detection.data.voc import parse_voc_xml
 
 CLASSES = ["ellipse", "rectangle", "triangle", "star"]
 
