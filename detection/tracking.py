@@ -1,5 +1,6 @@
-"""Experiment tracking: the one module that imports mlflow (and, for sweeps, knows Hydra's callbacks).
-The loop only sees the `Tracker` protocol."""
+"""Experiment tracking: the one module that imports mlflow. The loop only sees the `Tracker` protocol;
+Hydra calls `MlflowSweepCallback` by its callback protocol (this module imports neither Hydra nor OmegaConf:
+it reads the composed config as the mapping it is)."""
 
 import atexit
 import json
@@ -11,18 +12,17 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Protocol
 
 import numpy as np
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_URI = f"sqlite:///{REPO_ROOT / 'mlflow.db'}"  # one store wherever Hydra puts a job's outputs
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 SWEEP_FILE = "mlflow_sweep.json"  # in a multirun's sweep dir: the parent run its jobs report to
 URI_VARIABLE = "MLFLOW_TRACKING_URI"
 
 
-def experiment_label(cfg: DictConfig, choices: Optional[Mapping[str, str]] = None) -> str:
+def experiment_label(cfg: Any, choices: Optional[Mapping[str, str]] = None) -> str:
     """'<model><input size>_<backbone>_<dataset>', e.g. 'ssd512_resnet50_shapes'; `choices` replaces the
     backbone or dataset part (a sweep's 'vgg16+resnet50')."""
     choices = choices or {}
@@ -99,7 +99,7 @@ class MlflowTracker:
     def __init__(self, *, uri: Optional[str] = None, experiment_name: str = "detection", run_name: str = "run",
                  system_metrics: bool = True, system_metrics_interval: float = 10.0, log_model: bool = True,
                  register_model: Optional[str] = None):
-        self.uri = uri or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+        self.uri = uri or DEFAULT_URI
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.system_metrics = system_metrics
@@ -222,38 +222,52 @@ def _param_value(value: Any) -> str:
     return text
 
 
-class MlflowSweepCallback(Callback):
+class MlflowSweepCallback:
     """Makes a Hydra multirun one parent MLflow run with a child run per job (`conf/train.yaml`,
     hydra.callbacks). The parent is created when the sweep starts, in the experiment its jobs will use, and
     its id is written to <sweep dir>/mlflow_sweep.json, where every job (in this process or in a
     launcher's) finds it. The parent ends FINISHED, or FAILED when the sweep ends on a failed job (Hydra
-    runs every job of the batch first). Nothing happens with `tracking=none`."""
+    runs every job of the batch first). Nothing happens with `tracking=none`.
+
+    Hydra calls each of its six hooks on every callback; the four this one does not need do nothing."""
 
     def __init__(self):
         self._client = None
         self._parent: Optional[str] = None
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra.utils import instantiate
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_run_end(self, config: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         from mlflow import MlflowClient
 
-        if config.tracking.get("_target_") != f"{__name__}.MlflowTracker":
+        tracking = config.tracking
+        if tracking.get("_target_") != f"{__name__}.MlflowTracker":
             return
-        tracker = instantiate(config.tracking)
+        uri = tracking.get("uri") or DEFAULT_URI
         overrides = list(config.hydra.overrides.task)
         swept = {key: value for key, value in (o.split("=", 1) for o in overrides if "=" in o) if "," in value}
         swept_keys = [*swept, *(config.hydra.sweeper.get("params") or {})]  # and an Optuna search space
         choices = {key: value.replace(",", "+") for key, value in swept.items() if key in ("backbone", "dataset")}
-        experiment_name = tracker.experiment_name or experiment_label(config, choices)
-        self._client = MlflowClient(tracker.uri)
+        experiment_name = tracking.get("experiment_name") or experiment_label(config, choices)
+        self._client = MlflowClient(uri)
         try:
             experiment = self._client.get_experiment_by_name(experiment_name)
             experiment_id = experiment.experiment_id if experiment else self._client.create_experiment(experiment_name)
         except Exception as error:
-            raise RuntimeError(f"cannot reach the MLflow tracking store at {tracker.uri}: {error}") from error
+            raise RuntimeError(f"cannot reach the MLflow tracking store at {uri}: {error}") from error
         sweeper = config.hydra.sweeper.get("_target_", "")
         swept_overrides = [o for o in overrides if o.split("=", 1)[0] in swept_keys] or swept_keys
-        run = self._client.create_run(experiment_id, run_name=tracker.run_name or " ".join(["sweep", *swept_overrides]),
+        run = self._client.create_run(experiment_id, run_name=tracking.get("run_name") or " ".join(["sweep", *swept_overrides]),
                                       tags={"sweep": "parent", "overrides": " ".join(overrides), "sweeper": sweeper,
                                             "swept": " ".join(swept_keys)})
         self._parent = run.info.run_id
@@ -262,9 +276,9 @@ class MlflowSweepCallback(Callback):
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self._parent, "experiment_name": experiment_name,
                                                         "swept": swept_keys}))
         atexit.register(self._end, "FAILED")  # the sweep raised before on_multirun_end
-        log.info("MLflow sweep run %s in experiment %r at %s", self._parent, experiment_name, tracker.uri)
+        log.info("MLflow sweep run %s in experiment %r at %s", self._parent, experiment_name, uri)
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         """Ends the parent FINISHED, with an Optuna search's best parameters and value as its artifact."""
         results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"
         if self._parent is not None and results.is_file():

@@ -3,8 +3,10 @@
 import albumentations as A
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from conftest import REPO
 from detection.data.transforms import DetectionAugmentation, MinIoURandomCrop, ZoomOut
 
 
@@ -44,10 +46,7 @@ def check_consistent(out, *, tolerance: float):
 
 
 @pytest.fixture(scope="module")
-def ssd_recipe(request):
-    from hydra import compose, initialize_config_dir
-    from conftest import REPO
-
+def ssd_recipe():
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["augment=ssd", "anchors=shapes128", "tracking=none"])
     return instantiate(cfg.augment)

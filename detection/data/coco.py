@@ -11,7 +11,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from detection.data.samples import read_pixels, to_image_and_target
+from detection.data.samples import clip_to_image, read_pixels, skips_bad_samples, to_image_and_target
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,12 @@ class COCODetection(Dataset):
     def __init__(self, *, image_folder: str, annotation_file: str, class_names: Sequence[str],
                  transforms: Optional[Callable] = None, with_masks: bool = False, keep_crowd: bool = True,
                  on_bad_sample: str = "error", ignore_unknown_classes: bool = False):
-        if on_bad_sample not in ("error", "skip"):
-            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
+        self.skip_bad = skips_bad_samples(on_bad_sample)
         self.image_folder = Path(image_folder).expanduser()
         self.annotation_file = Path(annotation_file).expanduser()
         self.class_names = tuple(class_names)
         self.transforms = transforms
         self.with_masks = with_masks
-        self.skip_bad = on_bad_sample == "skip"
         if not self.annotation_file.is_file():
             raise FileNotFoundError(f"{self.annotation_file}: COCO annotation file not found")
         if not self.image_folder.is_dir():
@@ -87,10 +85,7 @@ class COCODetection(Dataset):
         width, height = image["width"], image["height"]
         xywh = np.array([a["bbox"] for a in annotations], dtype=np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        clipped = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
-        self.fixes["boxes clipped to the image"] += int((clipped != boxes).any(axis=1).sum())
-        keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-        self.fixes["empty boxes dropped"] += int((~keep).sum())
+        clipped, keep = clip_to_image(boxes, width, height, self.fixes)
         kept = [a for a, k in zip(annotations, keep) if k]
         return {"boxes": clipped[keep], "labels": np.array([label_of[a["category_id"]] for a in kept], dtype=np.int64),
                 "iscrowd": np.array([bool(a.get("iscrowd", 0)) for a in kept], dtype=bool),

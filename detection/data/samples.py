@@ -1,11 +1,29 @@
 """What every dataset shares: reading pixels, the torchvision (image, target) pair, list batches."""
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from PIL import Image
+
+
+def skips_bad_samples(on_bad_sample: str) -> bool:
+    """A dataset's `on_bad_sample` setting: 'error' (False) raises on a bad sample, 'skip' (True) leaves it out."""
+    if on_bad_sample not in ("error", "skip"):
+        raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
+    return on_bad_sample == "skip"
+
+
+def clip_to_image(boxes: np.ndarray, width: float, height: float, fixes: Counter) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes float [N, 4] xyxy clipped to the image, and bool [N]: which are still non-empty. Both fixes
+    are counted in `fixes` ('boxes clipped to the image', 'empty boxes dropped')."""
+    clipped = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
+    fixes["boxes clipped to the image"] += int((clipped != boxes).any(axis=1).sum())
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    fixes["empty boxes dropped"] += int((~keep).sum())
+    return clipped, keep
 
 
 def read_pixels(path: Path, mode: Optional[str]) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
-from detection.data.samples import read_pixels, to_image_and_target
+from detection.data.samples import clip_to_image, read_pixels, skips_bad_samples, to_image_and_target
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +113,11 @@ class VOCDetection(Dataset):
     def __init__(self, *, root: str, split: str, class_names: Sequence[str],
                  transforms: Optional[Callable] = None, keep_difficult: bool = True, with_masks: bool = False,
                  on_bad_sample: str = "error", ignore_unknown_classes: bool = False, image_set: str = "Main"):
-        if on_bad_sample not in ("error", "skip"):
-            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
+        self.skip_bad = skips_bad_samples(on_bad_sample)
         self.root = Path(root).expanduser()
         self.class_names = tuple(class_names)
         self.transforms = transforms
         self.with_masks = with_masks
-        self.skip_bad = on_bad_sample == "skip"
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: dataset root not found (expected Annotations/, JPEGImages/ "
                                     f"and ImageSets/Main/ there)")
@@ -155,10 +153,7 @@ class VOCDetection(Dataset):
         if not image_path.is_file():
             raise FileNotFoundError(f"{xml_path}: its image {image_path} does not exist")
         width, height = objects.size or _image_size(image_path)
-        clipped = np.clip(objects.boxes, 0, [width, height, width, height]).astype(np.float32)
-        self.fixes["boxes clipped to the image"] += int((clipped != objects.boxes).any(axis=1).sum())
-        keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-        self.fixes["empty boxes dropped"] += int((~keep).sum())
+        clipped, keep = clip_to_image(objects.boxes, width, height, self.fixes)
         if not keep_difficult:
             keep &= ~objects.difficult
         return Annotation(image_path, self.root / "SegmentationObject" / f"{image_id}.png", clipped[keep],

@@ -2,17 +2,16 @@
 at each validation, and a per-class precision-recall plot at each validation. Each is written under the
 run directory (nothing depends on the tracker being up) and sent to the tracker."""
 
+import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from detection.evaluation import DetectionEvaluator
+from detection.tracking import Tracker
 from detection.visualize import draw_detections, save_image, save_precision_recall_plot
-
-if TYPE_CHECKING:  # the protocol only: the loop never loads mlflow or hydra
-    from detection.tracking import Tracker
 
 
 class DebugArtifacts:
@@ -23,7 +22,7 @@ class DebugArtifacts:
         autocast: the context the loop runs the model in (bf16 / fp16 autocast or none).
     """
 
-    def __init__(self, folder: Path, tracker: "Tracker", class_names: Sequence[str], *, every: Optional[int],
+    def __init__(self, folder: Path, tracker: Tracker, class_names: Sequence[str], *, every: Optional[int],
                  autocast=None):
         self.folder = folder
         self.tracker = tracker
@@ -52,7 +51,7 @@ class DebugArtifacts:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        with self.autocast() if self.autocast else torch.no_grad():
+        with self.autocast() if self.autocast else contextlib.nullcontext():
             prediction = model([image.to(device)])[0]
         model.train(was_training)
         prediction = {key: value.float() if value.is_floating_point() else value for key, value in prediction.items()}

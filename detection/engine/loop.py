@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -19,9 +19,7 @@ from detection.engine.artifacts import DebugArtifacts
 from detection.engine.checkpoint import CheckpointKeeper, rng_state, set_rng_state
 from detection.engine.distributed import DistributedContext, all_ranks_agree, gather_to_all
 from detection.evaluation import DetectionEvaluator
-
-if TYPE_CHECKING:  # the protocol only: the loop never loads mlflow or hydra
-    from detection.tracking import Tracker
+from detection.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +121,7 @@ class StopOnSignal:
 
 
 def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-        train_loader: DataLoader, val_loader: Iterable, evaluator: DetectionEvaluator, tracker: "Tracker",
+        train_loader: DataLoader, val_loader: Iterable, evaluator: DetectionEvaluator, tracker: Tracker,
         checkpoint_dir: Path, max_epochs: int, device: torch.device, amp: bool = False,
         grad_clip: Optional[float] = None, log_every: int = 10, max_nonfinite_in_row: int = 10,
         checkpoint_every: Optional[int] = None, keep_last: int = 3, progress: bool = True,

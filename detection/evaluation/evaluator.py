@@ -69,22 +69,19 @@ class DetectionEvaluator:
 
     def precision_recall(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """class name -> (recall, precision) at IoU 0.5 as VOC ranks detections, for classes with objects."""
-        detections, objects = self._concatenated()
-        curves = precision_recall_curves(detections, objects, len(self.class_names))
-        return {self.class_names[label - 1]: curve for label, curve in curves.items()}
+        return self._curves(*self._concatenated())
 
     def compute(self) -> dict[str, float]:
         results: dict[str, float] = {}
-        curves = self.precision_recall()
-        for metric in ("voc07", "voc"):
-            if metric not in self.metrics:
-                continue
+        detections, objects = self._concatenated()
+        voc_metrics = [metric for metric in ("voc07", "voc") if metric in self.metrics]
+        curves = self._curves(detections, objects) if voc_metrics else {}
+        for metric in voc_metrics:
             aps = {name: average_precision(recall, precision, eleven_point=metric == "voc07")
                    for name, (recall, precision) in curves.items()}
             results.update({f"{metric}_ap/{name}": ap for name, ap in aps.items()})
             results[f"{metric}_map"] = float(np.mean(list(aps.values()))) if aps else 0.0
         if "coco" in self.metrics:
-            detections, objects = self._concatenated()
             images = {image_id: record.get("image_size", (0, 0)) for image_id, _, record in self._records}
             iou_types = {"coco": "bbox", **({"coco_mask": "segm"} if "masks" in objects else {})}
             for prefix, iou_type in iou_types.items():
@@ -92,6 +89,10 @@ class DetectionEvaluator:
                                        iou_type=iou_type, backend=self.coco_backend)
                 results.update({f"{prefix}_{key}": value for key, value in metrics.items()})
         return results
+
+    def _curves(self, detections: dict[str, Any], objects: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        curves = precision_recall_curves(detections, objects, len(self.class_names))
+        return {self.class_names[label - 1]: curve for label, curve in curves.items()}
 
     def _concatenated(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """All records as flat arrays, with 'image' the image_id of each detection and object; masks
