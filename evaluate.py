@@ -6,6 +6,7 @@
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -19,7 +20,8 @@ from detection.engine.distributed import init_distributed, shutdown_distributed
 from detection.engine.loop import evaluate, resolve_device, validation_metrics
 from detection.evaluation import DetectionEvaluator
 from detection.tracking import experiment_label
-from train import build_model, build_tracker
+from edge import build_model, build_tracker
+from schema import SettingsError, check_evaluate
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,11 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float:
+    try:
+        check_evaluate(cfg)
+    except SettingsError as error:  # one line naming the key, not a traceback
+        log.error("%s", error)
+        sys.exit(2)
     return run_evaluation(cfg)["val/map"]
 
 

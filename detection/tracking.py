@@ -7,9 +7,12 @@ import json
 import logging
 import os
 import re
+import socket
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Mapping, Optional, Protocol
+from typing import Any, Iterator, Mapping, Optional, Protocol
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -20,6 +23,52 @@ DEFAULT_URI = f"sqlite:///{REPO_ROOT / 'mlflow.db'}"  # one store wherever Hydra
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 SWEEP_FILE = "mlflow_sweep.json"  # in a multirun's sweep dir: the parent run its jobs report to
 URI_VARIABLE = "MLFLOW_TRACKING_URI"
+PROBE_TIMEOUT_S = 5.0  # an HTTP store that does not accept a connection in this time is unreachable
+
+
+class StoreUnreachable(RuntimeError):
+    """The tracking store did not answer at start."""
+
+
+def probe_store(uri: str) -> None:
+    """Raises StoreUnreachable naming `uri` unless an http(s) store accepts a TCP connection within
+    PROBE_TIMEOUT_S; MLflow's own retries would take minutes to give up. Other URIs are not probed."""
+    parts = urlparse(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as error:
+        raise StoreUnreachable(f"cannot reach the MLflow tracking store at {uri}: {error}") from error
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Holds a file lock beside a local SQLite store (`<db>.lock`) while it is created, migrated and its
+    experiment made: runs that start together on a fresh store otherwise race through MLflow's schema
+    migration and fail (`duplicate column name`) or leave it half-migrated. Other stores need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    database = Path(uri.removeprefix("sqlite:///")).expanduser()
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.lock"):
+        yield
+
+
+@contextmanager
+def opened_store(uri: str) -> Iterator[None]:
+    """The store at `uri` probed, and locked while the block creates or migrates it; any failure in the
+    block is StoreUnreachable naming the URI."""
+    probe_store(uri)
+    with store_lock(uri):
+        try:
+            yield
+        except Exception as error:
+            raise StoreUnreachable(f"cannot reach the MLflow tracking store at {uri}: {error}") from error
 
 
 def experiment_label(cfg: Any, choices: Optional[Mapping[str, str]] = None) -> str:
@@ -32,6 +81,8 @@ def experiment_label(cfg: Any, choices: Optional[Mapping[str, str]] = None) -> s
 
 
 class Tracker(Protocol):
+    run_id: Optional[str]  # of the run started, None before and with nothing tracked
+
     def start(self, *, params: Mapping[str, Any], tags: Mapping[str, str], run_id: Optional[str] = None,
               parent_run_id: Optional[str] = None) -> Optional[str]: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
@@ -41,7 +92,12 @@ class Tracker(Protocol):
 
 
 class NullTracker:
-    """Logs nothing (`tracking=none`)."""
+    """Logs nothing (`tracking=none`); takes the names a tracker is built with, and ignores them."""
+
+    run_id = None
+
+    def __init__(self, *, experiment_name: Optional[str] = None, run_name: Optional[str] = None):
+        pass
 
     def start(self, *, params, tags, run_id=None, parent_run_id=None):
         return None
@@ -106,7 +162,7 @@ class MlflowTracker:
         self.system_metrics_interval = system_metrics_interval
         self.log_model_enabled = log_model
         self.register_model = register_model
-        self._run_id: Optional[str] = None
+        self.run_id: Optional[str] = None
         self._lost: Optional[str] = None  # why the store stopped answering, once it has
         self._unlogged = {"metric values": 0, "artifacts": 0}
 
@@ -122,23 +178,21 @@ class MlflowTracker:
             os.environ.pop(URI_VARIABLE, None)
         else:
             os.environ[URI_VARIABLE] = environment
-        try:
+        with opened_store(self.uri):
             mlflow.set_experiment(self.experiment_name)
-        except Exception as error:
-            raise RuntimeError(f"cannot reach the MLflow tracking store at {self.uri}: {error}") from error
         if self.system_metrics:
             mlflow.set_system_metrics_sampling_interval(self.system_metrics_interval)
             mlflow.set_system_metrics_samples_before_logging(1)
         tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.run_name, tags=tags,
                                log_system_metrics=self.system_metrics)
-        self._run_id = run.info.run_id
+        self.run_id = run.info.run_id
         if run_id is None:
             values = {key: _param_value(value) for key, value in params.items()}
             items = list(values.items())
             for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
                 mlflow.log_params(dict(items[start:start + 100]))
-        return self._run_id
+        return self.run_id
 
     def log_metrics(self, metrics, step):
         import mlflow
@@ -186,19 +240,19 @@ class MlflowTracker:
                                      registered_model_name=self.register_model)
         except Exception as error:  # the run keeps everything else; say what is missing
             self._unlogged["artifacts"] += 1
-            log.error("could not log the model to MLflow run %s: %s: %s", self._run_id, type(error).__name__, error)
+            log.error("could not log the model to MLflow run %s: %s: %s", self.run_id, type(error).__name__, error)
 
     def end(self, status="FINISHED"):
         import mlflow
 
-        if self._run_id is None:
+        if self.run_id is None:
             return
         self._send(lambda: mlflow.end_run(status=status), "run status", 0, f"the run's end ({status})")
         if self._lost is not None:
             log.error("MLflow run %s at %s is incomplete: %s not logged after the store was lost (%s)",
-                      self._run_id, self.uri,
+                      self.run_id, self.uri,
                       ", ".join(f"{count} {kind}" for kind, count in self._unlogged.items()), self._lost)
-        self._run_id = None
+        self.run_id = None
 
     def _send(self, call, kind: str, count: int, what: str) -> None:
         """Runs one logging call; after the first failure, counts instead of calling."""
@@ -260,11 +314,9 @@ class MlflowSweepCallback:
         choices = {key: value.replace(",", "+") for key, value in swept.items() if key in ("backbone", "dataset")}
         experiment_name = tracking.get("experiment_name") or experiment_label(config, choices)
         self._client = MlflowClient(uri)
-        try:
+        with opened_store(uri):
             experiment = self._client.get_experiment_by_name(experiment_name)
             experiment_id = experiment.experiment_id if experiment else self._client.create_experiment(experiment_name)
-        except Exception as error:
-            raise RuntimeError(f"cannot reach the MLflow tracking store at {uri}: {error}") from error
         sweeper = config.hydra.sweeper.get("_target_", "")
         swept_overrides = [o for o in overrides if o.split("=", 1)[0] in swept_keys] or swept_keys
         run = self._client.create_run(experiment_id, run_name=tracking.get("run_name") or " ".join(["sweep", *swept_overrides]),

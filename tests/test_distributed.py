@@ -61,7 +61,7 @@ def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path, shapes_root
                         "trainer.batch_size='${oc.decode:${oc.env:RANK}}'", cwd=tmp_path, launcher=TORCHRUN, timeout=240)
     output = result.stderr + result.stdout
     assert result.returncode != 0
-    assert "got batch_size=0" in output
+    assert "trainer.batch_size=0: must be an integer >= 1" in output
     assert "Connection closed by peer" in output or "SIGTERM" in output
 
 
@@ -84,3 +84,19 @@ def test_a_submitit_job_of_two_tasks_trains_data_parallel(tmp_path, shapes_root)
     assert "(rank 0 of 2)" in logs and "(rank 1 of 2)" in logs
     # 8 images over 2 ranks of batch 2: 2 steps
     assert load_checkpoint(tmp_path / "multirun" / "0" / "checkpoints" / "last.pt")["step"] == 2
+
+
+def test_a_preempted_submitit_job_checkpoints_requeues_and_continues_from_its_last_checkpoint(tmp_path, shapes_root):
+    """submitit_local sends SIGUSR2 30 s before its time limit, as SLURM does before pre-emption:
+    the job checkpoints after its step, submitit requeues it, and the new attempt continues from last.pt
+    in the same run folder to the configured end."""
+    result = run_script("train.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1",
+                        "+hydra.launcher.max_num_timeout=5", *SETTINGS,
+                        f"dataset.root={shapes_root}", "backbone=resnet18", "trainer.max_epochs=12", cwd=tmp_path,
+                        timeout=600)
+    assert result.returncode == 0, result.stderr
+    logs = "".join(path.read_text() for path in (tmp_path / "multirun").rglob("*.log"))
+    assert "SIGUSR2 received: stopped after a checkpoint" in logs
+    assert "this run continues from it (a requeued job)" in logs
+    final = load_checkpoint(tmp_path / "multirun" / "0" / "checkpoints" / "last.pt")
+    assert final["epoch"] == 12 and final["step"] == 12 * 4

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from conftest import SMALL_SHAPES
 from detection.data.loader import build_loader
 from detection.engine.checkpoint import load_checkpoint, save_checkpoint
+from detection.engine.precision import Precision
 from detection.engine.loop import NonFiniteLossError, TrainingInterrupted, fit
 from detection.evaluation import DetectionEvaluator
 from detection.tracking import NullTracker
@@ -129,6 +130,6 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
 
 def test_bf16_autocast_trains_with_finite_weights(compose_train, tmp_path):
     args = setup(compose_train, tmp_path, nan_steps=[])
-    fit(**{**args, "amp": True})
+    fit(**{**args, "precision": Precision(torch.bfloat16, "test")})
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
     assert all(torch.isfinite(p).all() for p in args["model"].parameters())

@@ -1,8 +1,11 @@
-"""Nothing lost: a run killed at any step resumes to the weights of the uninterrupted run; SIGTERM ends
-cleanly with a checkpoint and a KILLED MLflow run."""
+"""Nothing lost: a run killed at any step resumes to the weights of the uninterrupted run; SIGTERM, to the
+process or its whole group, ends cleanly with a checkpoint and a KILLED MLflow run; the printed resume
+command continues the run exactly; one process resumes a checkpoint at a time; a failed write says why."""
 
 import os
 import random
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -24,11 +27,11 @@ SETTINGS = ["debug=smoke", "backbone=resnet18", "anchors=shapes128", "augment=ba
             "trainer.num_workers=1", "tracking=none"]
 
 
-def start_training(folder, shapes_root, *overrides):
+def start_training(folder, shapes_root, *overrides, start_new_session=False):
     folder.mkdir(exist_ok=True)
     return subprocess.Popen([sys.executable, str(REPO / "train.py"), *SETTINGS, f"dataset.root={shapes_root}",
                              *overrides, f"hydra.run.dir={folder}/run"], cwd=folder, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=start_new_session)
 
 
 def wait_for(path, process, timeout=300):
@@ -41,12 +44,23 @@ def wait_for(path, process, timeout=300):
         time.sleep(0.05)
 
 
-def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(tmp_path, shapes_root):
-    (tmp_path / "whole").mkdir()
-    whole = run_script("train.py", *SETTINGS, f"dataset.root={shapes_root}", cwd=tmp_path / "whole")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, shapes_root):
+    """The last checkpoint of the run that nothing interrupts."""
+    folder = tmp_path_factory.mktemp("whole")
+    whole = run_script("train.py", *SETTINGS, f"dataset.root={shapes_root}", cwd=folder)
     assert whole.returncode == 0, whole.stderr
-    expected = load_checkpoint(tmp_path / "whole" / "run" / "checkpoints" / "last.pt")
+    return load_checkpoint(folder / "run" / "checkpoints" / "last.pt")
 
+
+def assert_same_run(final, expected, note=""):
+    assert final["step"] == expected["step"] == 8
+    mismatched = [key for key in expected["model"] if not torch.equal(expected["model"][key], final["model"][key])]
+    assert not mismatched, f"{note}: {mismatched[:5]} differ"
+    assert final["metrics"] == expected["metrics"]
+
+
+def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(tmp_path, shapes_root, uninterrupted):
     kill_step = random.Random().randint(1, 7)
     process = start_training(tmp_path / "killed", shapes_root)
     wait_for(tmp_path / "killed" / "run" / "checkpoints" / f"step_{kill_step:08d}.pt", process)
@@ -60,26 +74,81 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(tm
     resumed_dir.mkdir()
     resumed = run_script("train.py", *SETTINGS, f"dataset.root={shapes_root}", f"ckpt_path={last}", cwd=resumed_dir)
     assert resumed.returncode == 0, resumed.stderr
-    final = load_checkpoint(resumed_dir / "run" / "checkpoints" / "last.pt")
-    assert final["step"] == expected["step"] == 8
-    mismatched = [key for key in expected["model"] if not torch.equal(expected["model"][key], final["model"][key])]
-    assert not mismatched, f"killed after step {interrupted['step']}: {mismatched[:5]} differ"
-    assert final["metrics"] == expected["metrics"]
+    assert_same_run(load_checkpoint(resumed_dir / "run" / "checkpoints" / "last.pt"), uninterrupted,
+                    f"killed after step {interrupted['step']}")
 
 
-def test_sigterm_checkpoints_ends_the_run_killed_and_says_how_to_resume(tmp_path, shapes_root):
+def test_sigterm_to_the_process_group_checkpoints_and_the_printed_command_resumes_exactly(
+        tmp_path, shapes_root, uninterrupted):
+    """SIGTERM to the whole group, as `timeout`, SLURM and Kubernetes send it, reaches the 2 loader workers
+    too; the run still checkpoints, ends KILLED and exits 143. The command it prints, run as printed (no
+    settings repeated), continues in the same MLflow run to the end the run was configured for."""
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    process = start_training(tmp_path / "run_dir", shapes_root, "tracking=mlflow", f"tracking.uri={store}")
+    process = start_training(tmp_path / "run_dir", shapes_root, "trainer.num_workers=2", "tracking=mlflow",
+                             f"tracking.uri={store}", "tracking.system_metrics=false", start_new_session=True)
     wait_for(tmp_path / "run_dir" / "run" / "checkpoints" / "step_00000002.pt", process)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 128 + signal.SIGTERM, output
-    assert "resume with python train.py ckpt_path=" in output
-    checkpoint = load_checkpoint(tmp_path / "run_dir" / "run" / "checkpoints" / "last.pt")
-    assert checkpoint["step"] >= 2 and checkpoint["epoch"] in (0, 1)
+    assert "DataLoader worker" not in output
     client = mlflow.MlflowClient(store)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert [run.info.status for run in runs] == ["KILLED"]
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "KILLED"
+
+    command = re.search(r"resume with (python train.py ckpt_path=\S+)", output).group(1).split()
+    resumed = subprocess.run([sys.executable, str(REPO / "train.py"), *command[2:],
+                              f"hydra.run.dir={tmp_path}/resumed"], cwd=tmp_path / "run_dir",
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt"), uninterrupted)
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 8  # one value per step, none twice
+
+
+def test_one_checkpoint_is_resumed_by_one_process_at_a_time(tmp_path, shapes_root):
+    first = start_training(tmp_path / "first", shapes_root, "trainer.max_epochs=1")
+    first.communicate(timeout=300)
+    checkpoint = tmp_path / "first" / "run" / "checkpoints" / "step_00000002.pt"
+    more = ["trainer.max_epochs=8", f"ckpt_path={checkpoint}"]
+    resuming = start_training(tmp_path / "resume_a", shapes_root, *more)
+    wait_for(tmp_path / "resume_a" / "run" / "checkpoints" / ".lock", resuming)
+    (tmp_path / "resume_b").mkdir()
+    second = run_script("train.py", *SETTINGS, f"dataset.root={shapes_root}", *more, cwd=tmp_path / "resume_b")
+    resuming.send_signal(signal.SIGTERM)
+    resuming.communicate(timeout=300)
+    assert resuming.returncode == 128 + signal.SIGTERM  # it was still training when the second was refused
+    assert second.returncode != 0
+    assert f"{checkpoint.parent} is in use by another training process (pid {resuming.pid}" in second.stdout + second.stderr
+
+
+def test_a_finished_run_resumed_says_so_and_trains_only_when_max_epochs_is_raised(tmp_path, shapes_root,
+                                                                                   uninterrupted):
+    finished = tmp_path / "finished.pt"
+    torch.save(uninterrupted, finished)
+    again = run_script("train.py", f"ckpt_path={finished}", cwd=tmp_path)
+    assert again.returncode == 0 and "ends a finished run: epoch 2 of trainer.max_epochs=2" in again.stdout
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    longer = run_script("train.py", f"ckpt_path={finished}", "trainer.max_epochs=3", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 12
+
+
+@pytest.mark.faults
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_naming_path_cause_and_last_good(tmp_path, shapes_root):
+    """A real write error from the kernel: the file-size limit (EFBIG) below a checkpoint's size."""
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 << 20, 20 << 20))
+
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *SETTINGS, f"dataset.root={shapes_root}",
+                             f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size)
+    assert result.returncode != 0
+    path = tmp_path / "run" / "checkpoints" / "step_00000001.pt"
+    assert f"could not write checkpoint {path}: OSError: [Errno 27] File too large" in result.stderr
+    assert "the run stops, no checkpoint was written" in result.stderr
+    assert not list(path.parent.glob(".step_*"))  # no partial file left
 
 
 @pytest.mark.faults

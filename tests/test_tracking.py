@@ -2,13 +2,17 @@
 what a run logs, sweeps as parent and child runs, an Optuna search, and a server that is not there."""
 
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from conftest import SMALL_SHAPES, free_port, run_script
-from detection.tracking import MAX_PARAM_LENGTH, MlflowTracker, _param_value, flatten, metric_name
+from conftest import REPO, SMALL_SHAPES, free_port, run_script
+from detection.tracking import (MAX_PARAM_LENGTH, MlflowTracker, StoreUnreachable, _param_value, flatten,
+                                metric_name)
 
 SMOKE = ["debug=smoke", "backbone=resnet18", "anchors=shapes128", *SMALL_SHAPES, "tracking.system_metrics_interval=1"]
 QUICK_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -106,14 +110,44 @@ def test_an_optuna_search_maximises_val_map_with_trials_as_child_runs(tmp_path, 
     assert "optimization_results.yaml" in artifact_paths(client, parent.info.run_id)
 
 
+@pytest.mark.faults
+def test_an_unreachable_server_fails_within_seconds_with_mlflows_default_retries(monkeypatch):
+    for variable in QUICK_RETRIES:
+        monkeypatch.delenv(variable, raising=False)
+    uri = f"http://127.0.0.1:{free_port()}"  # a real, closed loopback port
+    tracker = MlflowTracker(uri=uri, experiment_name="e", run_name="r", system_metrics=False)
+    started = time.monotonic()
+    with pytest.raises(StoreUnreachable, match=f"cannot reach the MLflow tracking store at {uri}"):
+        tracker.start(params={}, tags={})
+    assert time.monotonic() - started < 10
+
+
 @pytest.mark.slow
 def test_an_unreachable_server_is_a_clear_error_before_training(tmp_path, shapes_root):
     uri = f"http://127.0.0.1:{free_port()}"
     result = run_script("train.py", *SMOKE, f"dataset.root={shapes_root}", f"tracking.uri={uri}", cwd=tmp_path,
-                        env=QUICK_RETRIES, timeout=120)
+                        timeout=120)
     assert result.returncode != 0
     assert f"cannot reach the MLflow tracking store at {uri}" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_three_first_runs_at_once_on_a_fresh_sqlite_store_all_finish(tmp_path, shapes_root):
+    store = f"sqlite:///{tmp_path}/fresh/mlflow.db"
+    folders = [tmp_path / f"job{index}" for index in range(3)]
+    processes = []
+    for folder in folders:
+        folder.mkdir()
+        processes.append(subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *SMOKE, f"dataset.root={shapes_root}", f"tracking.uri={store}",
+             "tracking.system_metrics=false", f"hydra.run.dir={folder}/run"], cwd=folder,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], "\n".join(outputs)
+    runs = all_runs(MlflowClient(store))
+    assert len(runs) == 3 and {run.info.status for run in runs} == {"FINISHED"}
+    assert all("val/map" in run.data.metrics and "train/loss" in run.data.metrics for run in runs)
 
 
 def test_starting_a_run_leaves_the_environment_as_it_was(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -93,6 +93,10 @@ class COCODetection(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def records(self) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
+        """(image file name, boxes, labels) per sample, in order (for `split_fingerprint`)."""
+        return ((image["file_name"], objects["boxes"], objects["labels"]) for image, objects in zip(self.images, self.objects))
 
     def __getitem__(self, index: int) -> Optional[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         """The sample, or None for a missing or unreadable image with `on_bad_sample='skip'`."""

@@ -1,5 +1,6 @@
 """DataLoaders for detection: list batches, seeded shuffling and augmentation, resumable mid-epoch."""
 
+import signal
 from typing import Optional
 
 import numpy as np
@@ -58,6 +59,15 @@ class ResumableSampler(DistributedSampler):
         return super().__len__() - self.skipped
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """A loader worker leaves SIGINT, SIGTERM and SIGUSR2 (the training loop's stop signals) to the main
+    process: a signal sent to the whole process group (Ctrl-C, `timeout`, `kill -- -pgid`, SLURM,
+    Kubernetes) then stops training after a checkpoint instead of killing the workers under the main
+    process. Workers still end with it."""
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(number, signal.SIG_IGN)
+
+
 def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int, seed: int,
                  limit: Optional[int] = None, rank: int = 0, world_size: int = 1) -> DataLoader:
     """A DataLoader yielding (list of images, list of targets), this rank's share of `dataset`.
@@ -81,4 +91,5 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_worker
     elif world_size > 1:
         dataset = Subset(dataset, range(rank, len(dataset), world_size))
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_detection, pin_memory=torch.cuda.is_available())
+                      collate_fn=collate_detection, pin_memory=torch.cuda.is_available(),
+                      worker_init_fn=ignore_stop_signals)

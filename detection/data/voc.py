@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -162,6 +162,10 @@ class VOCDetection(Dataset):
     def __len__(self) -> int:
         return len(self.annotations)
 
+    def records(self) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
+        """(image file name, boxes, labels) per sample, in order (for `split_fingerprint`)."""
+        return ((a.image_path.name, a.boxes, a.labels) for a in self.annotations)
+
     def __getitem__(self, index: int) -> Optional[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         """The sample, or None for an unreadable image or mask with `on_bad_sample='skip'` (the collate
         function drops and counts it)."""
@@ -196,6 +200,9 @@ class ConcatDetection(ConcatDataset):
         super().__init__(datasets)
         self.transforms = getattr(datasets[0], "transforms", None)
         self.fixes = sum((getattr(dataset, "fixes", Counter()) for dataset in datasets), Counter())
+
+    def records(self) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
+        return (record for dataset in self.datasets for record in dataset.records())
 
     def __getitem__(self, index: int):
         item = super().__getitem__(index)

@@ -1,30 +1,58 @@
-"""Checkpoints that are always complete files and load without running code."""
+"""Checkpoints that are always complete files, load without running code, and have one writer."""
 
+import errno
+import fcntl
+import io
+import logging
 import os
 import random
 import shutil
+import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message names the path, the cause and the last good one."""
+
+
+def _write_failure_cause(error: BaseException, folder: Path) -> str:
+    """What went wrong, in words."""
+    code = getattr(error, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device of {folder} ({error})"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"no permission to write in {folder} ({error})"
+    return f"{type(error).__name__}: {error}"
+
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Writes `state` to `path` atomically: a temporary file in the same folder, flushed and fsynced,
-    then renamed over `path`, so `path` is always either the old or the new complete checkpoint."""
+    then renamed over `path`, so `path` is always either the old or the new complete checkpoint. A failed
+    write raises CheckpointWriteError naming the path and the cause."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    buffer = io.BytesIO()  # serialised first, so that a failed write is the kernel's OSError (no space,
+    torch.save(state, buffer)  # no permission, file too large), not torch's 'unexpected pos'
+    temporary = None
     try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
+            file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    except OSError as error:
+        raise CheckpointWriteError(f"could not write checkpoint {path}: {_write_failure_cause(error, path.parent)}") \
+            from error
+    finally:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)  # gone already when the rename succeeded
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -80,8 +108,13 @@ class CheckpointKeeper:
         return self.folder / "last.pt"
 
     def save(self, state: dict[str, Any], *, step: int, is_best: bool = False) -> Path:
+        """Raises CheckpointWriteError naming the last good checkpoint when the write fails."""
         path = self.folder / f"step_{step:08d}.pt"
-        save_checkpoint(state, path)
+        try:
+            save_checkpoint(state, path)
+        except CheckpointWriteError as error:
+            last = f"the last good checkpoint is {self.last}" if self.last.is_file() else "no checkpoint was written"
+            raise CheckpointWriteError(f"{error}; the run stops, {last}") from error
         self._point(self.last, path)
         if is_best:
             self._point(self.folder / "best.pt", path)
@@ -98,3 +131,52 @@ class CheckpointKeeper:
         except OSError:
             shutil.copyfile(target, temporary)
         os.replace(temporary, link)
+
+
+class RunLocked(RuntimeError):
+    """Another live process trains from or into the same checkpoint folder."""
+
+
+class RunLock:
+    """One writer per run: an exclusive `flock` on `<folder>/.lock`, which holds the owner's pid and host.
+    The kernel drops the lock when its process dies, however it dies, so a lock left by a killed process
+    is taken over (and said so); a live owner makes `acquire` fail at once, naming it."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self._file = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            owner = file.read().strip() or "unknown"
+            file.close()
+            raise RunLocked(f"{self.path.parent} is in use by another training process ({owner}); one "
+                            f"checkpoint is resumed by one process at a time") from None
+        file.seek(0)
+        previous: Optional[str] = file.read().strip() or None
+        if previous:
+            log.warning("%s: taking over the lock of %s, which no longer runs", self.path, previous)
+        file.seek(0)
+        file.truncate()
+        file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        file.flush()
+        self._file = file
+        return self
+
+    def release(self) -> None:
+        """Empties the file (a clean end leaves no owner to take over from) and drops the lock."""
+        if self._file is not None:
+            self._file.truncate(0)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()

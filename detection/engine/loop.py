@@ -1,6 +1,5 @@
 """The training loop: plain PyTorch, the same for every detector with torchvision's contract."""
 
-import contextlib
 import logging
 import math
 import signal
@@ -17,6 +16,7 @@ from tqdm import tqdm
 
 from detection.engine.artifacts import DebugArtifacts
 from detection.engine.checkpoint import CheckpointKeeper, rng_state, set_rng_state
+from detection.engine.precision import FP32, Precision
 from detection.engine.distributed import DistributedContext, all_ranks_agree, gather_to_all
 from detection.evaluation import DetectionEvaluator
 from detection.tracking import Tracker
@@ -31,13 +31,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on the CPU, fp16 on CUDA (with a GradScaler in the loop); a no-op when disabled."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
-
-
 def to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device):
     images = [image.to(device, non_blocking=True) for image in images]
     targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
@@ -46,7 +39,7 @@ def to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, evaluator: DetectionEvaluator, *, device: torch.device,
-             amp: bool = False, progress: bool = True) -> dict[str, float]:
+             precision: Precision = FP32, progress: bool = True) -> dict[str, float]:
     """Runs the model in eval mode over `loader` (this rank's share of the split) and returns the
     evaluator's metrics over the whole split: the records of all ranks are gathered in image_id order,
     so every rank gets exactly the metrics of a single-process evaluation."""
@@ -59,7 +52,7 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: DetectionEvaluator, 
         if not images:
             continue
         images, _ = to_device(images, [], device)
-        with autocast(device, amp):
+        with precision.autocast(device):
             predictions = model(images)
         evaluator.update([{k: v.float() if v.is_floating_point() else v for k, v in p.items()} for p in predictions],
                          targets)
@@ -85,8 +78,11 @@ class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row."""
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)  # USR2: SLURM's warning before pre-emption
+
+
 class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM stopped training after a step whose checkpoint was written."""
+    """A stop signal (STOP_SIGNALS) stopped training after a step whose checkpoint was written."""
 
     def __init__(self, signal_number: int, checkpoint: Path):
         self.signal_number = signal_number
@@ -96,8 +92,9 @@ class TrainingInterrupted(Exception):
 
 
 class StopOnSignal:
-    """Within `with`, the first SIGINT or SIGTERM only sets `signal_number`, so the loop can finish its
-    step and checkpoint; a second SIGINT interrupts at once, as usual."""
+    """Within `with`, the first stop signal (STOP_SIGNALS) only sets `signal_number`, so the loop can finish
+    its step and checkpoint; a second SIGINT interrupts at once, as usual. The handlers there were before
+    (submitit's, for one) are restored on the way out."""
 
     def __init__(self):
         self.signal_number: Optional[int] = None
@@ -111,7 +108,7 @@ class StopOnSignal:
 
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGINT, signal.SIGTERM):
+            for number in STOP_SIGNALS:
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 
@@ -122,7 +119,7 @@ class StopOnSignal:
 
 def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
         train_loader: DataLoader, val_loader: Iterable, evaluator: DetectionEvaluator, tracker: Tracker,
-        checkpoint_dir: Path, max_epochs: int, device: torch.device, amp: bool = False,
+        checkpoint_dir: Path, max_epochs: int, device: torch.device, precision: Precision = FP32,
         grad_clip: Optional[float] = None, log_every: int = 10, max_nonfinite_in_row: int = 10,
         checkpoint_every: Optional[int] = None, keep_last: int = 3, progress: bool = True,
         resume: Optional[dict[str, Any]] = None, checkpoint_extras: Optional[Callable[[], dict[str, Any]]] = None,
@@ -132,8 +129,8 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
     `checkpoint_every` steps (`step_<n>.pt`, the newest `keep_last` kept; `last.pt`; `best.pt` by val/map).
 
     A checkpoint holds the model, optimizer, scheduler, scaler, RNG states and the position in the
-    epoch, so resuming from any of them continues exactly as the uninterrupted run would have. SIGINT or
-    SIGTERM finish the current step, checkpoint and raise TrainingInterrupted.
+    epoch, so resuming from any of them continues exactly as the uninterrupted run would have. SIGINT,
+    SIGTERM or SIGUSR2 finish the current step, checkpoint and raise TrainingInterrupted.
 
     Under data parallelism (`context.enabled`) the model is wrapped in DistributedDataParallel, and
     only rank 0 shows progress and writes checkpoints (the caller gives other ranks a NullTracker).
@@ -154,7 +151,7 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         network = DistributedDataParallel(model, device_ids=[context.local_rank] if device.type == "cuda" else None)
     progress = progress and context.is_main
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_grad_scaler and device.type == "cuda")
     keeper = CheckpointKeeper(checkpoint_dir, keep_last=keep_last)
     start_epoch, batches_done, step, best_map, metrics = 0, 0, 0, -math.inf, {}
     if resume is not None:
@@ -189,7 +186,7 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
                 if not all_ranks_agree(bool(images), device):
                     continue  # every sample of the batch was skipped (on some rank)
                 images, targets = to_device(images, targets, device)
-                with autocast(device, amp):
+                with precision.autocast(device):
                     loss_dict = network(images, targets)
                 loss = sum(loss_dict.values())
                 # decided together: a rank that skipped backward alone would leave the others waiting in DDP
@@ -233,7 +230,7 @@ def fit(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.
             if skipped:
                 log.warning("epoch %d skipped %d unreadable samples (dataset.on_bad_sample=skip)", epoch + 1, skipped)
                 tracker.log_metrics({"train/skipped_samples": skipped}, step=step)
-            metrics = validation_metrics(evaluate(model, val_loader, evaluator, device=device, amp=amp,
+            metrics = validation_metrics(evaluate(model, val_loader, evaluator, device=device, precision=precision,
                                                   progress=progress))
             tracker.log_metrics({**metrics, "epoch": epoch + 1}, step=step)
             if artifacts is not None:

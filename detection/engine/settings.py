@@ -1,0 +1,76 @@
+"""The training loop's plain settings as one typed object, checked when it is made.
+
+This module imports nothing heavy (no torch), so an entry point can check a composed configuration
+before it imports torch: a misspelt key or a nonsense value costs a second, not a model build.
+"""
+
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+AMP_CHOICES = ("auto", True, False, "fp16", "bf16")
+
+
+class SettingsError(ValueError):
+    """A setting with a value the loop cannot run with; the message names the key."""
+
+
+def _at_least(key: str, value: Any, minimum: int, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or null" if optional else "")
+        raise SettingsError(f"{key}={value!r}: must be {allowed}")
+
+
+@dataclass
+class TrainerSettings:
+    """What the loop needs besides the model, the data and the optimiser (`conf/trainer/default.yaml`
+    documents each). `amp`: 'auto' (the device's fastest precision that is native), true (fp16 on CUDA,
+    bf16 on the CPU), false (fp32), or 'fp16' / 'bf16'."""
+
+    max_epochs: int = 12
+    batch_size: int = 8
+    num_workers: int = 2
+    device: str = "auto"
+    amp: Any = "auto"
+    grad_clip: Optional[float] = None
+    log_every: int = 10
+    max_nonfinite_in_row: int = 10
+    checkpoint_every: Optional[int] = None
+    keep_last: int = 3
+    limit_train_images: Optional[int] = None
+    limit_val_images: Optional[int] = None
+    progress: bool = True
+    sync_batchnorm: bool = False
+    debug_images_every: Optional[int] = 500
+
+    def __post_init__(self):
+        for key, minimum in (("max_epochs", 1), ("batch_size", 1), ("num_workers", 0), ("log_every", 1),
+                             ("max_nonfinite_in_row", 0), ("keep_last", 1)):
+            _at_least(f"trainer.{key}", getattr(self, key), minimum)
+        for key in ("checkpoint_every", "limit_train_images", "limit_val_images", "debug_images_every"):
+            _at_least(f"trainer.{key}", getattr(self, key), 1, optional=True)
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise SettingsError(f"trainer.grad_clip={self.grad_clip!r}: must be a positive max gradient norm "
+                                f"or null (no clipping)")
+        if self.amp not in AMP_CHOICES or (self.amp is not True and self.amp is not False and
+                                           not isinstance(self.amp, str)):
+            raise SettingsError(f"trainer.amp={self.amp!r}: must be one of auto, true, false, fp16, bf16")
+        if not isinstance(self.device, str) or not self.device:
+            raise SettingsError(f"trainer.device={self.device!r}: must be auto, cpu, cuda or cuda:<index>")
+
+    @classmethod
+    def from_mapping(cls, values: Any) -> "TrainerSettings":
+        """From a mapping with exactly these keys (a composed `trainer` node); an unknown key is an error."""
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SettingsError(f"unknown trainer setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(values))
+
+
+def check_seed(seed: Any) -> int:
+    """The run's seed: an integer in [0, 2**32), what NumPy and torch both accept."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise SettingsError(f"seed={seed!r}: must be an integer in [0, 2**32)")
+    return seed

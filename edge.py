@@ -1,0 +1,222 @@
+"""The edge every entry point shares: the model from a config or a checkpoint, the configuration a resumed
+run continues with, and the tracked run, started with its tags and ended with the status of how the work
+ended. This module, `schema.py` and the entry points are the only code that knows Hydra's layout.
+"""
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import psutil
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from detection.engine.checkpoint import load_checkpoint
+from detection.engine.loop import TrainingInterrupted
+from detection.engine.settings import SettingsError
+from detection.models.export import BatchedDetector
+from detection.tracking import NullTracker, Tracker, experiment_label, flatten, sweep_parent
+
+log = logging.getLogger(__name__)
+
+# What a resume may change: how long and where the run goes on, how it reports, where its data now lives.
+# Anything else (model, data, optimiser, batch size, precision, seed) is the run's and stays as trained.
+DATA_PATHS = ("dataset.root", "dataset.train_images", "dataset.val_images", "dataset.train_annotations",
+              "dataset.val_annotations")
+MAY_CHANGE_ON_RESUME = ("trainer.max_epochs", "trainer.device", "trainer.num_workers", "trainer.log_every",
+                        "trainer.checkpoint_every", "trainer.keep_last", "trainer.progress",
+                        "trainer.debug_images_every", *DATA_PATHS)
+ALWAYS_FROM_COMMAND_LINE = ("ckpt_path", "hydra")
+
+
+def build_model(cfg: DictConfig, *, pretrained: bool = True) -> torch.nn.Module:
+    """The model of a composed config; `pretrained=False` skips loading weights (they will come from a
+    checkpoint), so that rebuilding a run never needs the original weight files."""
+    if not pretrained:
+        cfg = cfg.copy()
+        cfg.backbone.weights = None
+        if "weights" in cfg.model:
+            cfg.model.weights = None
+    return instantiate(cfg.model)
+
+
+def plain(value: Any) -> Any:
+    """A config node as resolved Python containers; any other value as it is."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def continued_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Optional[dict]]:
+    """The configuration and checkpoint this invocation continues: `ckpt_path`'s, or this run folder's own
+    last.pt when it has one (a requeued SLURM job starts again in its folder); (cfg, None) for a new run."""
+    own = run_dir / "checkpoints" / "last.pt"
+    if not cfg.ckpt_path and not own.is_file():
+        return cfg, None
+    if not cfg.ckpt_path:
+        log.info("%s exists: this run continues from it (a requeued job)", own)
+        cfg = cfg.copy()
+        cfg.ckpt_path = str(own)
+    checkpoint = load_checkpoint(Path(cfg.ckpt_path))
+    return resume_config(cfg, checkpoint, overrides), checkpoint
+
+
+def checkpoint_folders(run_dir: Path, ckpt_path: Optional[str]) -> list[Path]:
+    """The folders a run writes into or continues from: its own checkpoints/, and the resumed checkpoint's."""
+    folders = [(run_dir / "checkpoints").resolve()]
+    if ckpt_path and Path(ckpt_path).parent.resolve() not in folders:
+        folders.append(Path(ckpt_path).parent.resolve())
+    return folders
+
+
+def check_same_data(cfg: DictConfig, checkpoint: dict[str, Any], fingerprint: str) -> None:
+    """Refuses to continue on a training split other than the one the checkpoint was trained on (data that
+    moved is welcome; data that changed is not)."""
+    if checkpoint.get("data_fingerprint", fingerprint) != fingerprint:
+        where = ", ".join(f"{key}={OmegaConf.select(cfg, key)}" for key in DATA_PATHS
+                          if OmegaConf.select(cfg, key, default=None) is not None)
+        raise SettingsError(f"the training split at {where} is not the one {cfg.ckpt_path} was trained on (its "
+                            f"image names, boxes or labels differ); resume on the data the run trained on")
+
+
+def resume_config(cfg: DictConfig, checkpoint: dict[str, Any], overrides: list[str]) -> DictConfig:
+    """The configuration a resumed run continues with: the one stored in `checkpoint`, all of it, with
+    only the command line's `overrides` of MAY_CHANGE_ON_RESUME applied. An override that would change
+    anything else (a value or a config group choice) is refused with both values named; one that repeats
+    the stored value is accepted.
+
+    The stored configuration is taken as composed, before interpolation, so that a moved data root (an
+    override, or an environment variable such as BCCD_ROOT) reaches every node that names it; the data's
+    fingerprint (`check_same_data`) makes sure it is the same data."""
+    stored = OmegaConf.create(checkpoint.get("config_unresolved") or checkpoint["config"])
+    choices = checkpoint.get("choices", {})  # the config group options it was composed from
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key.split(".")[0] in ALWAYS_FROM_COMMAND_LINE:
+            continue
+        if key in MAY_CHANGE_ON_RESUME:
+            OmegaConf.update(stored, key, plain(OmegaConf.select(cfg, key)), force_add=True)
+            continue
+        if key in choices:  # a group: backbone=vgg16, experiment=..., debug=smoke
+            asked, trained = value, choices[key]
+        else:
+            asked, trained = (plain(OmegaConf.select(config, key, default=None)) for config in (cfg, stored))
+        if asked != trained:
+            hint = " (the position in the epoch is counted in batches)" if key == "trainer.batch_size" else ""
+            raise SettingsError(f"{cfg.ckpt_path} was trained with {key}={trained}, but the command asks for "
+                                f"{key}={asked}; a resumed run keeps its configuration{hint}. Only "
+                                f"{', '.join(MAY_CHANGE_ON_RESUME)} may change")
+    stored.ckpt_path = cfg.ckpt_path
+    return stored
+
+
+def already_finished(cfg: DictConfig, checkpoint: dict[str, Any]) -> bool:
+    """Whether `checkpoint` ends a run that has done its `trainer.max_epochs` (said in the log)."""
+    if checkpoint["epoch"] < cfg.trainer.max_epochs or checkpoint["batches_done"]:
+        return False
+    log.info("%s ends a finished run: epoch %d of trainer.max_epochs=%d, val/map %.4f. Nothing to train; "
+             "raise trainer.max_epochs to train on", cfg.ckpt_path, checkpoint["epoch"], cfg.trainer.max_epochs,
+             checkpoint["metrics"].get("val/map", float("nan")))
+    return True
+
+
+def group_choices() -> dict[str, Optional[str]]:
+    """The config group options this run was composed from (backbone: resnet50, debug: None, ...)."""
+    return {group: choice for group, choice in HydraConfig.get().runtime.choices.items()
+            if not group.startswith("hydra/")}
+
+
+def uptime() -> float:
+    """Seconds since this process started."""
+    return time.time() - psutil.Process().create_time()
+
+
+def git_tags() -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+    return {"git_commit": git("rev-parse", "HEAD") or "unknown", "git_dirty": str(bool(git("status", "--porcelain")))}
+
+
+def export_submitit_ranks() -> None:
+    """A submitit job of several tasks (hydra/launcher=slurm, or submitit_local with tasks_per_node > 1)
+    describes its ranks in SLURM terms; torch.distributed reads RANK, WORLD_SIZE, MASTER_ADDR/PORT."""
+    if os.environ.get("SUBMITIT_EXECUTOR") and "RANK" not in os.environ:
+        import submitit
+
+        if submitit.JobEnvironment().num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def build_tracker(tracking: DictConfig, *, experiment_name: str, run_name: str) -> Tracker:
+    """The configured tracker, with the experiment and run names it was not given filled in."""
+    return instantiate(tracking, experiment_name=tracking.get("experiment_name") or experiment_name,
+                       run_name=tracking.get("run_name") or run_name)
+
+
+def start_tracking(cfg: DictConfig, *, is_main: bool, tags: dict[str, str], run_id: Optional[str]) -> Tracker:
+    """This rank's tracker (rank 0's logs, the others' do nothing) with its run started: `run_id`'s when
+    resuming, a child of the sweep's parent run in a multirun."""
+    if not is_main:
+        return NullTracker()
+    hydra_config = HydraConfig.get()
+    label = experiment_label(cfg)
+    overrides = [o for o in hydra_config.overrides.task if not o.startswith("ckpt_path=")]
+    sweep = sweep_parent(Path(hydra_config.sweep.dir)) if hydra_config.mode == RunMode.MULTIRUN else None
+    named = [o for o in overrides if o.split("=", 1)[0] in sweep["swept"]] if sweep else overrides
+    tracker = build_tracker(cfg.tracking, experiment_name=sweep["experiment_name"] if sweep else label,
+                            run_name=" ".join([label, *named]))
+    tracker.start(params=flatten(OmegaConf.to_container(cfg, resolve=True)),
+                  tags={"overrides": " ".join(overrides), "host": socket.gethostname(), **tags, **git_tags()},
+                  run_id=run_id, parent_run_id=sweep["run_id"] if sweep else None)
+    tracker.log_artifact(Path(hydra_config.runtime.output_dir) / ".hydra")
+    return tracker
+
+
+@contextmanager
+def ended_with_status(tracker: Tracker) -> Iterator[Tracker]:
+    """Ends the tracker's run as the block ends: FINISHED, KILLED (a signal or Ctrl-C) or FAILED, never
+    left RUNNING. A stop by signal exits with 128 + its number after saying how to resume; SIGUSR2 (SLURM's
+    warning before pre-emption or the time limit) is first handed on to the handler that was there before
+    the loop's, so that submitit requeues the job, which then continues from its last.pt."""
+    try:
+        yield tracker
+    except TrainingInterrupted as interrupted:
+        tracker.end("KILLED")
+        log.error("%s", interrupted)
+        if interrupted.signal_number == signal.SIGUSR2 and callable(signal.getsignal(signal.SIGUSR2)):
+            signal.raise_signal(signal.SIGUSR2)
+        sys.exit(128 + interrupted.signal_number)
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+
+
+def log_best_model(tracker: Tracker, model: torch.nn.Module, checkpoint_dirs: list[Path], val_dataset) -> None:
+    """The best checkpoint as an artifact, and the model with its weights as an MLflow model taking a
+    batch tensor, its input example the first validation image scaled to at most 64 pixels a side.
+    `checkpoint_dirs`: this run's, then (resumed) the checkpoint's, whose best.pt stands while no later
+    validation beats it."""
+    best = next((folder / "best.pt" for folder in checkpoint_dirs if (folder / "best.pt").is_file()), None)
+    if best is None:
+        log.warning("no best.pt in %s: the model is not logged", ", ".join(map(str, checkpoint_dirs)))
+        return
+    tracker.log_artifact(best, artifact_path="checkpoints")
+    model.load_state_dict(load_checkpoint(best)["model"])
+    sample = val_dataset[0]
+    image = sample[0] if sample is not None else torch.zeros(3, 64, 64)
+    scale = min(1.0, 64 / max(image.shape[1:]))
+    example = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear")
+    tracker.log_model(BatchedDetector(model.cpu()), example.numpy())

@@ -1,0 +1,71 @@
+"""The typed schema of the entry points' configurations, registered with Hydra's ConfigStore.
+
+`conf/train.yaml` and `conf/evaluate.yaml` start from these schemas (their defaults lists name them), so
+Hydra refuses a misspelt key at compose time, `+` prefix or not, and a value of the wrong type; `check_*`
+then refuses values out of range, one line naming the key. Importing this module does not import torch, so
+a typo costs a second.
+"""
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from detection.engine.settings import SettingsError, TrainerSettings, check_seed
+
+
+@dataclass
+class TrainConfig:
+    """Top-level keys of `train.yaml`: one node per config group (each checked by what it builds), the
+    loop's settings, the seed and the checkpoint to resume."""
+
+    model: Any = MISSING
+    backbone: Any = MISSING
+    anchors: Any = None
+    dataset: Any = MISSING
+    augment: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    tracking: Any = MISSING
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    seed: int = 0
+    ckpt_path: Optional[str] = None
+
+
+@dataclass
+class EvaluateConfig:
+    """Top-level keys of `evaluate.yaml`."""
+
+    ckpt_path: str = MISSING
+    dataset: Any = None
+    tracking: Any = MISSING
+    batch_size: int = 8
+    num_workers: int = 2
+    device: str = "auto"
+
+
+def register() -> None:
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    store.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def check_train(cfg: DictConfig) -> TrainerSettings:
+    """Refuses keys the schema does not know (Hydra's `+key=value` adds them) and out-of-range values, with
+    a SettingsError naming the key; returns the loop's settings."""
+    unknown = sorted(set(cfg) - {field.name for field in fields(TrainConfig)})
+    if unknown:
+        raise SettingsError(f"unknown top-level key(s) {unknown}; known: {sorted(f.name for f in fields(TrainConfig))}")
+    check_seed(cfg.seed)
+    return TrainerSettings.from_mapping(OmegaConf.to_container(cfg.trainer, resolve=True))
+
+
+def check_evaluate(cfg: DictConfig) -> None:
+    for key in ("batch_size", "num_workers"):
+        minimum = 1 if key == "batch_size" else 0
+        if cfg[key] < minimum:
+            raise SettingsError(f"{key}={cfg[key]!r}: must be an integer >= {minimum}")
+
+
+register()
