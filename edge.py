@@ -95,8 +95,10 @@ def resume_config(cfg: DictConfig, checkpoint: dict[str, Any], overrides: list[s
 
     The stored configuration is taken as composed, before interpolation, so that a moved data root (an
     override, or an environment variable such as BCCD_ROOT) reaches every node that names it; the data's
-    fingerprint (`check_same_data`) makes sure it is the same data."""
+    fingerprint (`check_same_data`) makes sure it is the same data. The tracking store is the resolved
+    one: the run's MLflow run lives there, whatever MLFLOW_TRACKING_URI says now."""
     stored = OmegaConf.create(checkpoint.get("config_unresolved") or checkpoint["config"])
+    stored.tracking = checkpoint["config"]["tracking"]  # the run goes on in the store it started in
     choices = checkpoint.get("choices", {})  # the config group options it was composed from
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")

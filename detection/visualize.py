@@ -3,14 +3,10 @@
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no screen
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 GROUND_TRUTH_COLOUR = "lime"
 PREDICTION_COLOUR = "red"
@@ -63,6 +59,11 @@ def save_precision_recall_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]],
                                path: Path, *, title: str) -> Path:
     """One precision-recall curve per class (recall, precision arrays as the evaluator ranks detections),
     labelled with its AP, written as a PNG."""
+    import matplotlib  # here, not at the top: a second of every start-up, needed only at validation
+
+    matplotlib.use("Agg")  # files only, no screen
+    import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots(figsize=(6, 5), dpi=100)
     for name, (recall, precision) in curves.items():
         axes.plot(recall, precision, label=f"{name} (AP {aps.get(name, float('nan')):.3f})")

@@ -2,19 +2,23 @@
 
 import json
 import shutil
+import signal
+import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import REPO, run_script
 from detection.engine.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 # VGG16 has no BatchNorm, so 2 ranks of batch 2 must equal 1 process of batch 4 up to float rounding
-SETTINGS = ["debug=smoke", "model=ssd", "backbone=vgg16", "anchors=shapes128", "augment=none",
+SETTINGS = ["debug=smoke", "model=ssd", "backbone=vgg16", "anchors=shapes128", "augment=none", "trainer.amp=false",
             "dataset.num_train=8", "dataset.num_val=5", "trainer.limit_train_images=8",
             "trainer.limit_val_images=null", "optimizer.lr=0.01", "tracking=none"]
 
@@ -87,16 +91,26 @@ def test_a_submitit_job_of_two_tasks_trains_data_parallel(tmp_path, shapes_root)
 
 
 def test_a_preempted_submitit_job_checkpoints_requeues_and_continues_from_its_last_checkpoint(tmp_path, shapes_root):
-    """submitit_local sends SIGUSR2 30 s before its time limit, as SLURM does before pre-emption:
-    the job checkpoints after its step, submitit requeues it, and the new attempt continues from last.pt
-    in the same run folder to the configured end."""
-    result = run_script("train.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1",
-                        "+hydra.launcher.max_num_timeout=5", *SETTINGS,
-                        f"dataset.root={shapes_root}", "backbone=resnet18", "trainer.max_epochs=12", cwd=tmp_path,
-                        timeout=600)
-    assert result.returncode == 0, result.stderr
+    """SIGUSR2 to a submitit_local job's task, as SLURM sends it before pre-emption or the time limit (and
+    as submitit_local does itself 30 s before its own): the job checkpoints after its step, submitit
+    requeues it, and the new attempt continues from last.pt in the same run folder to the configured end."""
+    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), "-m", "hydra/launcher=submitit_local",
+                                "hydra.launcher.timeout_min=2", "+hydra.launcher.max_num_timeout=10", *SETTINGS,
+                                f"dataset.root={shapes_root}", "backbone=resnet18", "trainer.max_epochs=20",
+                                f"hydra.sweep.dir={tmp_path}/multirun"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    first_epoch = tmp_path / "multirun" / "0" / "checkpoints" / "step_00000004.pt"
+    deadline = time.monotonic() + 300
+    while not first_epoch.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tasks = [task for task in psutil.process_iter(["cmdline"])
+             if "submitit.core._submit" in " ".join(task.info["cmdline"] or []) and str(tmp_path) in " ".join(task.info["cmdline"])]
+    assert len(tasks) == 1, process.communicate()[0] if process.poll() is not None else tasks
+    tasks[0].send_signal(signal.SIGUSR2)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output
     logs = "".join(path.read_text() for path in (tmp_path / "multirun").rglob("*.log"))
     assert "SIGUSR2 received: stopped after a checkpoint" in logs
     assert "this run continues from it (a requeued job)" in logs
     final = load_checkpoint(tmp_path / "multirun" / "0" / "checkpoints" / "last.pt")
-    assert final["epoch"] == 12 and final["step"] == 12 * 4
+    assert final["epoch"] == 20 and final["step"] == 20 * 4

@@ -72,3 +72,11 @@ def test_changed_data_is_refused(compose_train, trained):
     with pytest.raises(SettingsError, match="is not the one /runs/a/checkpoints/last.pt was trained on"):
         edge.check_same_data(resume(compose_train, trained), trained, "b" * 64)
     edge.check_same_data(resume(compose_train, trained), trained, "a" * 64)
+
+
+def test_the_run_goes_on_in_the_tracking_store_it_started_in(compose_train, trained, monkeypatch):
+    trained["config"]["tracking"] = {"_target_": "detection.tracking.MlflowTracker", "uri": "sqlite:////runs/a.db"}
+    trained["config_unresolved"]["tracking"] = {"_target_": "detection.tracking.MlflowTracker",
+                                                "uri": "${oc.env:MLFLOW_TRACKING_URI,null}"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere.db")
+    assert resume(compose_train, trained).tracking.uri == "sqlite:////runs/a.db"

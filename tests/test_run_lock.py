@@ -2,6 +2,7 @@
 lock of a process that was killed is taken over."""
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -34,7 +35,22 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path, holder, caplog):
     holder.wait()
     with caplog.at_level(logging.WARNING), RunLock(tmp_path):
         assert f"taking over the lock of pid {holder.pid}" in caplog.text
-        with pytest.raises(RunLocked):
-            RunLock(tmp_path).acquire()  # and it is ours now
-    with RunLock(tmp_path):  # released cleanly: nothing to take over
-        pass
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), RunLock(tmp_path):  # released cleanly: nothing to take over
+        assert "taking over" not in caplog.text
+
+
+def test_a_forked_child_does_not_hold_the_lock_of_its_parent(tmp_path):
+    """Loader workers are forked from the training process; a SIGKILLed trainer's lock must die with it."""
+    code = ("import os, signal, sys, time; from pathlib import Path; from detection.engine.checkpoint import RunLock; "
+            "lock = RunLock(Path(sys.argv[1])).acquire(); child = os.fork()\n"
+            "if child == 0: time.sleep(30); os._exit(0)\n"
+            "print(child, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    process = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child = int(process.stdout.readline())
+    process.wait()
+    try:
+        with RunLock(tmp_path):  # the parent is dead, its forked child still runs
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)

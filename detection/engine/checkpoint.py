@@ -138,9 +138,10 @@ class RunLocked(RuntimeError):
 
 
 class RunLock:
-    """One writer per run: an exclusive `flock` on `<folder>/.lock`, which holds the owner's pid and host.
-    The kernel drops the lock when its process dies, however it dies, so a lock left by a killed process
-    is taken over (and said so); a live owner makes `acquire` fail at once, naming it."""
+    """One writer per run: a POSIX lock (`lockf`) on `<folder>/.lock`, which holds the owner's pid and host.
+    The kernel drops it when its process dies, however it dies, and a forked loader worker does not
+    inherit it; so a lock left by a killed process is taken over (and said so), and a live owner makes
+    `acquire` fail at once, naming it."""
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / ".lock"
@@ -150,8 +151,8 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         file = open(self.path, "a+")
         try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             file.seek(0)
             owner = file.read().strip() or "unknown"
             file.close()
