@@ -11,7 +11,7 @@ import socket
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Protocol
+from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
@@ -127,9 +127,19 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def metric_name(name: str) -> str:
-    """MLflow accepts letters, digits and `_ - . / space` in names; anything else becomes `_`."""
-    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
+def metric_names(keys: Iterable[str]) -> dict[str, str]:
+    """An MLflow key for each of `keys`, never two the same. MLflow accepts letters and digits of any script
+    and `_ - . / space`, so 'val/ap/猫' and 'val/ap/café' stay as they are; any other character becomes `_`,
+    and a key that would then repeat an earlier one gets `_2`, `_3`, ... ('a+b' and 'a#b' stay apart)."""
+    names: dict[str, str] = {}
+    for key in keys:
+        safe = candidate = re.sub(r"[^\w\-./ ]", "_", key)
+        count = 1
+        while candidate in names.values():
+            count += 1
+            candidate = f"{safe}_{count}"
+        names[key] = candidate
+    return names
 
 
 class MlflowTracker:
@@ -197,7 +207,8 @@ class MlflowTracker:
     def log_metrics(self, metrics, step):
         import mlflow
 
-        self._send(lambda: mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items()}, step=step),
+        names = metric_names(metrics)
+        self._send(lambda: mlflow.log_metrics({names[k]: float(v) for k, v in metrics.items()}, step=step),
                    "metric values", len(metrics), f"metrics at step {step}")
 
     def log_artifact(self, path, artifact_path=None):

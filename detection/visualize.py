@@ -1,7 +1,8 @@
 """Pictures of what a detector does: debug images with boxes and masks drawn, precision-recall plots."""
 
+import functools
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -11,6 +12,31 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 GROUND_TRUTH_COLOUR = "lime"
 PREDICTION_COLOUR = "red"
 MASK_THRESHOLD = 0.5
+LABEL_FONT_SIZE = 12
+
+
+@functools.lru_cache(maxsize=1)
+def _font() -> tuple[str, frozenset[int]]:
+    """The font every picture is drawn in (DejaVu Sans, which matplotlib ships) and the characters it has."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    path = font_manager.findfont("DejaVu Sans")
+    return path, frozenset(FT2Font(path).get_charmap())
+
+
+def drawable_names(class_names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The label each class is drawn with: its name where the font has every character of it, else
+    '#<label>' (a name in a script the font lacks would show as empty boxes); and the legend of those
+    replaced, {'#3': '猫'}."""
+    _, characters = _font()
+    names, legend = [], {}
+    for label, name in enumerate(class_names, start=1):
+        drawable = all(ord(character) in characters for character in name)
+        names.append(name if drawable else f"#{label}")
+        if not drawable:
+            legend[f"#{label}"] = name
+    return names, legend
 
 
 def draw_detections(image: torch.Tensor, target: dict[str, torch.Tensor], prediction: dict[str, torch.Tensor],
@@ -37,14 +63,16 @@ def draw_detections(image: torch.Tensor, target: dict[str, torch.Tensor], predic
         masks = prediction["masks"].detach().cpu()[keep][:, 0] > MASK_THRESHOLD
         masks = masks.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
         canvas = draw_segmentation_masks(canvas, masks, alpha=0.4, colors=PREDICTION_COLOUR)
+    names, _ = drawable_names(class_names)
+    font = {"font": _font()[0], "font_size": LABEL_FONT_SIZE}
     if len(target["boxes"]):
         canvas = draw_bounding_boxes(canvas, target["boxes"].detach().cpu().float() * factor,
                                      colors=GROUND_TRUTH_COLOUR,
-                                     labels=[class_names[int(label) - 1] for label in target["labels"]])
+                                     labels=[names[int(label) - 1] for label in target["labels"]], **font)
     if len(boxes):
         canvas = draw_bounding_boxes(canvas, boxes, colors=PREDICTION_COLOUR,
-                                     labels=[f"{class_names[int(label) - 1]} {score:.2f}"
-                                             for label, score in zip(labels, scores)])
+                                     labels=[f"{names[int(label) - 1]} {score:.2f}"
+                                             for label, score in zip(labels, scores)], **font)
     return canvas
 
 
@@ -56,9 +84,16 @@ def save_image(image: torch.Tensor, path: Path) -> Path:
 
 
 def save_precision_recall_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], aps: dict[str, float],
-                               path: Path, *, title: str) -> Path:
+                               path: Path, *, title: str, class_names: Optional[Sequence[str]] = None) -> Path:
     """One precision-recall curve per class (recall, precision arrays as the evaluator ranks detections),
-    labelled with its AP, written as a PNG."""
+    labelled with its AP, written as a PNG. A class whose name the font cannot draw is labelled '#<label>'
+    (its place in `class_names`), and `<path stem>.classes.txt` beside the plot says which class that is."""
+    names, legend = drawable_names(class_names or list(curves))
+    drawn = dict(zip(class_names or list(curves), names))
+    if legend:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".classes.txt").write_text("".join(f"{key}\t{name}\n" for key, name in legend.items()),
+                                                    encoding="utf-8")
     import matplotlib  # here, not at the top: a second of every start-up, needed only at validation
 
     matplotlib.use("Agg")  # files only, no screen
@@ -66,7 +101,7 @@ def save_precision_recall_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]],
 
     figure, axes = plt.subplots(figsize=(6, 5), dpi=100)
     for name, (recall, precision) in curves.items():
-        axes.plot(recall, precision, label=f"{name} (AP {aps.get(name, float('nan')):.3f})")
+        axes.plot(recall, precision, label=f"{drawn.get(name, name)} (AP {aps.get(name, float('nan')):.3f})")
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     axes.grid(alpha=0.3)
     if curves:

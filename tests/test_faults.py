@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from PIL import Image
 
 from detection.data.loader import build_loader
 from detection.data.shapes import generate_shapes
@@ -44,7 +45,14 @@ def first_id(root: Path) -> str:
     return (root / "ImageSets" / "Main" / "train.txt").read_text().split()[0]
 
 
-def set_xml(root: Path, image_id: str, objects: str, size: str = "<size><width>64</width><height>64</height></size>"):
+def set_xml(root: Path, image_id: str, objects: str):
+    """Replaces the image's annotation with `objects` on a 64x64 image (its pixels and mask resized to it,
+    since the XML's <size> must be the image's)."""
+    for path in (root / "JPEGImages" / f"{image_id}.jpg", root / "SegmentationObject" / f"{image_id}.png"):
+        with Image.open(path) as image:
+            resized = image.resize((64, 64), Image.Resampling.NEAREST)
+        resized.save(path)
+    size = "<size><width>64</width><height>64</height></size>"
     (root / "Annotations" / f"{image_id}.xml").write_text(f"<annotation>{size}{objects}</annotation>")
 
 

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from conftest import REPO, SMALL_SHAPES, free_port, run_script
 from detection.tracking import (MAX_PARAM_LENGTH, MlflowTracker, StoreUnreachable, _param_value, flatten,
-                                metric_name)
+                                metric_names)
 
 SMOKE = ["debug=smoke", "backbone=resnet18", "anchors=shapes128", *SMALL_SHAPES, "tracking.system_metrics_interval=1"]
 QUICK_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -32,8 +32,8 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> list[st
 def test_names_and_params_follow_mlflows_rules():
     assert flatten({"optimizer": {"lr": 0.1, "betas": [0.9, 0.99]}, "seed": 0}) == \
         {"optimizer.lr": 0.1, "optimizer.betas": [0.9, 0.99], "seed": 0}
-    assert metric_name("val/ap/traffic light") == "val/ap/traffic light"
-    assert metric_name("val/ap/traffic+light#1") == "val/ap/traffic_light_1"
+    assert metric_names(["val/ap/traffic light", "val/ap/traffic+light#1"]) == \
+        {"val/ap/traffic light": "val/ap/traffic light", "val/ap/traffic+light#1": "val/ap/traffic_light_1"}
     cut = _param_value("x" * 10_000)
     assert len(cut) == MAX_PARAM_LENGTH and cut.endswith("...[cut]")
 

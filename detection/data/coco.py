@@ -11,7 +11,8 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from detection.data.samples import clip_to_image, read_pixels, skips_bad_samples, to_image_and_target
+from detection.data.samples import (MAX_IMAGE_PIXELS, augmented, clip_to_image, load_or_skip, read_pixels,
+                                    skips_bad_samples, to_image_and_target)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,9 @@ class COCODetection(Dataset):
             naming the file and the category, or left out (counted) with `ignore_unknown_classes`.
         transforms: a DetectionAugmentation.
         keep_crowd: False leaves crowd annotations out (for training).
-        on_bad_sample: 'error' or 'skip' (counted) for an image that is missing or unreadable.
+        on_bad_sample: 'error' or 'skip' (counted) for an image that is missing, unreadable, over
+            `max_image_pixels` (None: no limit), not the width and height the file gives it (read upright,
+            EXIF orientation applied), or whose augmentation fails.
 
     Boxes outside the image are clipped to it, and empty ones dropped; both counted in `fixes`.
     Images without annotations stay, as negatives.
@@ -40,8 +43,10 @@ class COCODetection(Dataset):
 
     def __init__(self, *, image_folder: str, annotation_file: str, class_names: Sequence[str],
                  transforms: Optional[Callable] = None, with_masks: bool = False, keep_crowd: bool = True,
-                 on_bad_sample: str = "error", ignore_unknown_classes: bool = False):
+                 on_bad_sample: str = "error", ignore_unknown_classes: bool = False,
+                 max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS):
         self.skip_bad = skips_bad_samples(on_bad_sample)
+        self.max_image_pixels = max_image_pixels
         self.image_folder = Path(image_folder).expanduser()
         self.annotation_file = Path(annotation_file).expanduser()
         self.class_names = tuple(class_names)
@@ -99,21 +104,22 @@ class COCODetection(Dataset):
         return ((image["file_name"], objects["boxes"], objects["labels"]) for image, objects in zip(self.images, self.objects))
 
     def __getitem__(self, index: int) -> Optional[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        """The sample, or None for a missing or unreadable image with `on_bad_sample='skip'`."""
+        """The sample, or None when its image cannot be read, is not the size the file says, or its
+        augmentation fails, with `on_bad_sample='skip'`."""
+        path = self.image_folder / self.images[index]["file_name"]
+        return load_or_skip(path, lambda: self._sample(index, path), skip=self.skip_bad)
+
+    def _sample(self, index: int, path: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image, objects = self.images[index], self.objects[index]
-        try:
-            pixels = read_pixels(self.image_folder / image["file_name"], "RGB")
-        except ValueError as error:
-            if self.skip_bad:
-                log.warning("skipped: %s", error)
-                return None
-            raise
-        masks = self._masks(objects, *pixels.shape[:2]) if self.with_masks else None
+        pixels = read_pixels(path, max_image_pixels=self.max_image_pixels)
+        height, width = pixels.shape[:2]
+        if (width, height) != (image["width"], image["height"]):
+            raise ValueError(f"{path} is {width}x{height} but {self.annotation_file} says "
+                             f"{image['width']}x{image['height']}")
+        masks = self._masks(objects, height, width) if self.with_masks else None
         sample = {"image": pixels, "bboxes": objects["boxes"], "labels": objects["labels"],
                   "difficult": objects["iscrowd"], "masks": masks}
-        if self.transforms is not None:
-            sample = self.transforms(**sample)
-        pixels, target = to_image_and_target(sample, index)
+        pixels, target = to_image_and_target(augmented(self.transforms, sample, path), index)
         target["iscrowd"] = target["difficult"].clone()  # crowd regions travel as the difficult flag
         return pixels, target
 

@@ -1,13 +1,25 @@
-"""What every dataset shares: reading pixels, the torchvision (image, target) pair, list batches."""
+"""What every dataset shares: reading pixels upright and in 8-bit RGB, reading or skipping a sample by
+name, the torchvision (image, target) pair, list batches."""
 
 import hashlib
+import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# PIL's process-wide decompression-bomb check raises an error that names no file; each dataset's
+# `max_image_pixels` replaces it, checked from the header before decoding.
+Image.MAX_IMAGE_PIXELS = None
+MAX_IMAGE_PIXELS = 178_956_970  # the default: where PIL's own check raised (twice its warning level)
+EXIF_ORIENTATION = 0x0112
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grayscale of up to 16 bits a pixel
 
 
 def skips_bad_samples(on_bad_sample: str) -> bool:
@@ -39,14 +51,84 @@ def split_fingerprint(records: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> 
     return digest.hexdigest()
 
 
-def read_pixels(path: Path, mode: Optional[str]) -> np.ndarray:
-    """The decoded pixels of an image file (converted to `mode` when given); a missing, empty, truncated
-    or corrupt file is a ValueError naming it."""
+def _unreadable(path: Path, error: BaseException) -> ValueError:
+    return ValueError(f"{path}: unreadable image ({type(error).__name__}: {error})")
+
+
+class ImageTooLarge(ValueError):
+    """An image over the dataset's `max_image_pixels`."""
+
+
+def _check_pixels(path: Path, width: int, height: int, max_image_pixels: Optional[int]) -> None:
+    if max_image_pixels is not None and width * height > max_image_pixels:
+        raise ImageTooLarge(f"{path}: {width}x{height} = {width * height:,} pixels, over "
+                         f"max_image_pixels={max_image_pixels:,} (the dataset's setting; raise it to read the image)")
+
+
+def image_header(path: Path, max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> tuple[tuple[int, int], int]:
+    """From the header alone: the image's (width, height) as it shows upright, and its EXIF orientation
+    (1: stored upright; 5 to 8: turned by 90 degrees). ValueError naming the file when it is unreadable or
+    over `max_image_pixels`."""
     try:
         with Image.open(path) as image:
-            return np.array(image.convert(mode) if mode else image)
+            (width, height), orientation = image.size, image.getexif().get(EXIF_ORIENTATION, 1)
     except (OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"{path}: unreadable image ({type(error).__name__}: {error})") from error
+        raise _unreadable(path, error) from error
+    _check_pixels(path, width, height, max_image_pixels)
+    return ((height, width) if orientation in (5, 6, 7, 8) else (width, height)), orientation
+
+
+def read_pixels(path: Path, *, max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """The pixels of an image file as uint8 [H, W, 3] RGB, upright: its EXIF orientation applied, as viewers
+    and annotation tools show it. 16-bit grayscale and RGB are scaled to 8 bits (x 255 / 65535); palette,
+    grayscale, bilevel and CMYK images are converted; an alpha channel is dropped (each pixel keeps its
+    stored colour, nothing is composited). A missing, empty, truncated or corrupt file, or one over
+    `max_image_pixels` (None: no limit), is a ValueError naming it."""
+    try:
+        with Image.open(path) as image:
+            _check_pixels(path, *image.size, max_image_pixels)
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode in SIXTEEN_BIT_MODES:
+                gray = np.round(np.asarray(upright, dtype=np.float64) * (255 / 65535)).clip(0, 255)
+                return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
+            return np.array(upright.convert("RGB"))
+    except ImageTooLarge:
+        raise
+    except (OSError, ValueError, SyntaxError) as error:
+        raise _unreadable(path, error) from error
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A palette PNG's indices as uint8 [H, W] (no orientation, no conversion); ValueError naming an
+    unreadable file."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise _unreadable(path, error) from error
+
+
+def load_or_skip(path: Path, load: Callable[[], T], *, skip: bool) -> Optional[T]:
+    """`load()`, one sample's read, checks and augmentation: any failure in it is a ValueError naming `path`,
+    or, with `skip`, logged and None (the collate function drops and counts it)."""
+    try:
+        return load()
+    except Exception as error:
+        message = str(error) if str(path) in str(error) else f"{path}: {type(error).__name__}: {error}"
+        if not skip:
+            raise ValueError(message) from error
+        log.warning("skipped: %s", message)
+        return None
+
+
+def augmented(transforms: Optional[Callable], sample: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`transforms(**sample)` (the sample as it is without them); a failure inside names `path`."""
+    if transforms is None:
+        return sample
+    try:
+        return transforms(**sample)
+    except Exception as error:
+        raise ValueError(f"{path}: augmentation failed ({type(error).__name__}: {error})") from error
 
 
 def to_image_and_target(sample: dict[str, Any], index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -10,14 +10,17 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
-from detection.data.samples import clip_to_image, read_pixels, skips_bad_samples, to_image_and_target
+from detection.data.samples import (MAX_IMAGE_PIXELS, augmented, clip_to_image, image_header, load_or_skip, read_mask,
+                                    read_pixels, skips_bad_samples, to_image_and_target)
 
 log = logging.getLogger(__name__)
 
 VOID_INDEX = 255  # SegmentationObject's border / ignore value
+# looked for, after the XML's <filename>, as <id><suffix>: the formats the decoder reads
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".JPG", ".JPEG", ".PNG")
+DIFFICULT = {"0": False, "1": True, "false": False, "true": True}
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,15 @@ class Annotation:
 class VOCObjects:
     """The objects of one annotation file. boxes float32 [N, 4] continuous xyxy pixels; labels int64 [N];
     difficult bool [N]; positions int64 [N], each object's 1-based place in the file (its
-    SegmentationObject index); size (width, height) when the file gives one; unknown: objects of classes
-    not in the list, left out."""
+    SegmentationObject index); size (width, height) when the file gives one; filename, its <filename>;
+    unknown: objects of classes not in the list, left out."""
 
     boxes: np.ndarray
     labels: np.ndarray
     difficult: np.ndarray
     positions: np.ndarray
     size: Optional[tuple[int, int]]
+    filename: Optional[str]
     unknown: int
 
 
@@ -77,14 +81,19 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str], *, ignore_unknown:
             xmin, ymin, xmax, ymax = (float(box.findtext(key)) for key in ("xmin", "ymin", "xmax", "ymax"))
         except (AttributeError, TypeError, ValueError):
             raise ValueError(f"{xml_path}: object {position} ({name!r}) has no valid bndbox") from None
+        flag = (obj.findtext("difficult") or "0").strip().lower()
+        if flag not in DIFFICULT:
+            raise ValueError(f"{xml_path}: object {position} ({name!r}) has difficult={flag!r}; expected 0, 1, "
+                             f"true or false")
         boxes.append([xmin - 1.0, ymin - 1.0, xmax, ymax])
         labels.append(class_names.index(name) + 1)
-        difficult.append(obj.findtext("difficult", "0").strip() == "1")
+        difficult.append(DIFFICULT[flag])
         positions.append(position)
     width, height = (int(float(root.findtext(f"size/{key}", "0") or 0)) for key in ("width", "height"))
     return VOCObjects(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64),
                       np.asarray(difficult, dtype=bool), np.asarray(positions, dtype=np.int64),
-                      (width, height) if width > 0 and height > 0 else None, unknown)
+                      (width, height) if width > 0 and height > 0 else None,
+                      (root.findtext("filename") or "").strip() or None, unknown)
 
 
 class VOCDetection(Dataset):
@@ -105,15 +114,22 @@ class VOCDetection(Dataset):
             or mask, naming the file; 'skip' leaves such samples out, logs each and counts them
             (`fixes` here; the loop reports the images skipped while loading).
         ignore_unknown_classes: leave out objects of other classes (counted) instead of an error.
+        max_image_pixels: larger images are bad samples (None: no limit).
 
-    Boxes outside the image are clipped to it, and boxes left empty are dropped; both are counted in
-    `fixes` and logged. Images without objects stay, as negatives.
+    The split file may come from any editor (a UTF-8 BOM and CRLF line ends are fine; an id is its whole
+    line, spaces included); an id listed twice is an error naming the file. The image is the XML's
+    <filename> in JPEGImages/, else <id> with any extension the decoder reads. Images are read upright (EXIF
+    orientation applied, counted in `fixes`), and the upright size must be the XML's <size>: a mismatch is
+    a bad sample naming both. Boxes outside the image are clipped to it, and boxes left empty are dropped;
+    both are counted in `fixes` and logged. Images without objects stay, as negatives.
     """
 
     def __init__(self, *, root: str, split: str, class_names: Sequence[str],
                  transforms: Optional[Callable] = None, keep_difficult: bool = True, with_masks: bool = False,
-                 on_bad_sample: str = "error", ignore_unknown_classes: bool = False, image_set: str = "Main"):
+                 on_bad_sample: str = "error", ignore_unknown_classes: bool = False, image_set: str = "Main",
+                 max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS):
         self.skip_bad = skips_bad_samples(on_bad_sample)
+        self.max_image_pixels = max_image_pixels
         self.root = Path(root).expanduser()
         self.class_names = tuple(class_names)
         self.transforms = transforms
@@ -125,9 +141,13 @@ class VOCDetection(Dataset):
         if not split_file.is_file():
             raise FileNotFoundError(f"{split_file}: split file not found (expected a VOC layout under {self.root}: "
                                     f"ImageSets/{image_set}/{split}.txt listing image ids)")
-        ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        ids = [line.strip() for line in split_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         if not ids:
             raise ValueError(f"{split_file}: the split lists no images")
+        repeated = sorted(image_id for image_id, count in Counter(ids).items() if count > 1)
+        if repeated:
+            raise ValueError(f"{split_file}: ids listed more than once: {repeated[:10]}"
+                             f"{f' and {len(repeated) - 10} more' if len(repeated) > 10 else ''}; list each image once")
         self.fixes: Counter = Counter()
         self.annotations = []
         for image_id in ids:
@@ -147,17 +167,36 @@ class VOCDetection(Dataset):
     def _annotation(self, image_id: str, keep_difficult: bool, ignore_unknown: bool) -> Annotation:
         """One sample's annotation, boxes clipped to the image and emptied ones dropped (both counted)."""
         xml_path = self.root / "Annotations" / f"{image_id}.xml"
-        image_path = self.root / "JPEGImages" / f"{image_id}.jpg"
         objects = parse_voc_xml(xml_path, self.class_names, ignore_unknown=ignore_unknown)
         self.fixes["ignored unknown-class objects"] += objects.unknown
-        if not image_path.is_file():
-            raise FileNotFoundError(f"{xml_path}: its image {image_path} does not exist")
-        width, height = objects.size or _image_size(image_path)
-        clipped, keep = clip_to_image(objects.boxes, width, height, self.fixes)
+        image_path = self._image_path(image_id, objects.filename, xml_path)
+        try:
+            size, orientation = image_header(image_path, self.max_image_pixels)
+        except ValueError:  # unreadable or too large: reported (or skipped) when the sample is read
+            if objects.size is None:
+                raise
+            size, orientation = objects.size, 1
+        if objects.size is not None and objects.size != size:
+            turned = f" upright (EXIF orientation {orientation})" if orientation != 1 else ""
+            raise ValueError(f"{xml_path}: <size> says {objects.size[0]}x{objects.size[1]} but the image "
+                             f"{image_path} is {size[0]}x{size[1]}{turned}")
+        self.fixes["images rotated by their EXIF orientation"] += orientation != 1
+        clipped, keep = clip_to_image(objects.boxes, *size, self.fixes)
         if not keep_difficult:
             keep &= ~objects.difficult
         return Annotation(image_path, self.root / "SegmentationObject" / f"{image_id}.png", clipped[keep],
                           objects.labels[keep], objects.difficult[keep], objects.positions[keep])
+
+    def _image_path(self, image_id: str, filename: Optional[str], xml_path: Path) -> Path:
+        """JPEGImages/<the XML's filename>, else JPEGImages/<id> with the first image extension found."""
+        folder = self.root / "JPEGImages"
+        names = [Path(filename).name] if filename else []
+        names += [f"{image_id}{suffix}" for suffix in IMAGE_SUFFIXES]
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+        raise FileNotFoundError(f"{xml_path}: its image {folder / names[0]} does not exist (nor {image_id} with "
+                                f"another image extension)")
 
     def __len__(self) -> int:
         return len(self.annotations)
@@ -167,26 +206,21 @@ class VOCDetection(Dataset):
         return ((a.image_path.name, a.boxes, a.labels) for a in self.annotations)
 
     def __getitem__(self, index: int) -> Optional[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        """The sample, or None for an unreadable image or mask with `on_bad_sample='skip'` (the collate
-        function drops and counts it)."""
+        """The sample, or None when its image or mask cannot be read or its augmentation fails, with
+        `on_bad_sample='skip'` (the collate function drops and counts it)."""
         annotation = self.annotations[index]
-        try:
-            pixels = read_pixels(annotation.image_path, "RGB")
-            masks = self._instance_masks(annotation, pixels.shape[:2]) if self.with_masks else None
-        except ValueError as error:
-            if self.skip_bad:
-                log.warning("skipped: %s", error)
-                return None
-            raise
+        return load_or_skip(annotation.image_path, lambda: self._sample(annotation, index), skip=self.skip_bad)
+
+    def _sample(self, annotation: Annotation, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pixels = read_pixels(annotation.image_path, max_image_pixels=self.max_image_pixels)
+        masks = self._instance_masks(annotation, pixels.shape[:2]) if self.with_masks else None
         sample = {"image": pixels, "bboxes": annotation.boxes, "labels": annotation.labels,
                   "difficult": annotation.difficult, "masks": masks}
-        if self.transforms is not None:
-            sample = self.transforms(**sample)
-        return to_image_and_target(sample, index)
+        return to_image_and_target(augmented(self.transforms, sample, annotation.image_path), index)
 
     def _instance_masks(self, annotation: Annotation, size: tuple[int, int]) -> np.ndarray:
         """uint8 [N, H, W], one mask per kept object from its SegmentationObject index; 255 (void) is left out."""
-        instance_map = read_pixels(annotation.mask_path, None)
+        instance_map = read_mask(annotation.mask_path)
         if instance_map.shape != size:
             raise ValueError(f"{annotation.mask_path}: mask size {instance_map.shape} differs from image {size}")
         return (instance_map[None] == annotation.instance_ids.reshape(-1, 1, 1)).astype(np.uint8)
@@ -219,11 +253,3 @@ def build_voc_devkit(*, root: str, sets: Sequence[Sequence[str]], **options) -> 
         raise FileNotFoundError(f"{root_path}: VOCdevkit root not found (expected VOC2007/, VOC2012/ there; "
                                 f"set dataset.root or the VOC_ROOT environment variable)")
     return ConcatDetection([VOCDetection(root=str(root_path / year), split=split, **options) for year, split in sets])
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: unreadable image ({error})") from error

@@ -43,8 +43,11 @@ class DebugArtifacts:
         aps = {name: metrics.get(f"val/ap/{name}", float("nan")) for name in self.class_names}
         path = save_precision_recall_plot(evaluator.precision_recall(), aps,
                                           self.folder / "precision_recall" / f"step_{step:07d}.png",
+                                          class_names=self.class_names,
                                           title=f"precision-recall at IoU 0.5, step {step}")
         self.tracker.log_artifact(path, artifact_path="precision_recall")
+        if path.with_suffix(".classes.txt").is_file():  # the classes the font could not draw by name
+            self.tracker.log_artifact(path.with_suffix(".classes.txt"), artifact_path="precision_recall")
 
     @torch.no_grad()
     def _debug_image(self, model: nn.Module, image: torch.Tensor, target: dict, name: str) -> None:

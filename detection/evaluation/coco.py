@@ -53,7 +53,8 @@ def coco_metrics(detections: dict[str, np.ndarray], objects: dict[str, np.ndarra
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    metrics = {name: max(float(value), 0.0) for name, value in zip(SUMMARY, evaluation.stats)}
+    # COCOeval's -1 means "nothing to measure" (no objects of that kind): nan, never a score of 0
+    metrics = {name: float(value) if value > -1 else float("nan") for name, value in zip(SUMMARY, evaluation.stats)}
     precision = evaluation.eval["precision"][:, :, :, 0, -1]  # [IoU, recall, class] at all areas, 100 dets
     for index, category in enumerate(evaluation.params.catIds):
         values = precision[:, :, index]

@@ -1,5 +1,6 @@
 """Collects predictions and ground truth over a split and computes detection metrics."""
 
+import logging
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -7,6 +8,8 @@ import torch
 
 from detection.evaluation.coco import BACKENDS, coco_metrics, encode_masks
 from detection.evaluation.voc import average_precision, precision_recall_curves
+
+log = logging.getLogger(__name__)
 
 METRICS = ("voc07", "voc", "coco")
 MASK_THRESHOLD = 0.5  # predicted mask probabilities above it are the instance
@@ -24,7 +27,7 @@ class DetectionEvaluator:
         coco_backend: 'faster-coco-eval' or 'pycocotools' (identical numbers; the first is faster).
 
     `compute()` returns a flat dict: '<metric>_map' and '<metric>_ap/<class>' for voc07 and voc (the mean
-    is over classes with ground truth); for coco 'coco_map', 'coco_map_50', 'coco_map_75',
+    is over classes with ground truth, nan when no class has any); for coco 'coco_map', 'coco_map_50', 'coco_map_75',
     'coco_map_small|medium|large', 'coco_ap/<class>', and the same with 'coco_mask_' when masks were given.
     """
 
@@ -76,11 +79,13 @@ class DetectionEvaluator:
         detections, objects = self._concatenated()
         voc_metrics = [metric for metric in ("voc07", "voc") if metric in self.metrics]
         curves = self._curves(detections, objects) if voc_metrics else {}
+        if voc_metrics and not curves:
+            log.warning("the evaluated split has no ground-truth objects: its mAP is nan, not 0")
         for metric in voc_metrics:
             aps = {name: average_precision(recall, precision, eleven_point=metric == "voc07")
                    for name, (recall, precision) in curves.items()}
             results.update({f"{metric}_ap/{name}": ap for name, ap in aps.items()})
-            results[f"{metric}_map"] = float(np.mean(list(aps.values()))) if aps else 0.0
+            results[f"{metric}_map"] = float(np.mean(list(aps.values()))) if aps else float("nan")
         if "coco" in self.metrics:
             images = {image_id: record.get("image_size", (0, 0)) for image_id, _, record in self._records}
             iou_types = {"coco": "bbox", **({"coco_mask": "segm"} if "masks" in objects else {})}
