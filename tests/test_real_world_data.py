@@ -309,3 +309,30 @@ def test_a_one_pixel_image_a_grayscale_jpeg_and_a_path_with_spaces_and_accents(b
     assert gray.shape == (3, 480, 640) and torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
     tiny, target = dataset[2]
     assert tiny.shape == (3, 1, 1) and target["boxes"].shape == (0, 4)
+
+
+@needs_bccd
+def test_an_xml_size_of_the_sideways_pixels_of_a_rotated_photo_is_named_with_its_orientation(bccd):
+    """The annotation tool ignored the EXIF orientation: its boxes are in a frame the image is not shown in."""
+    path = bccd / "JPEGImages" / "BloodImage_00000.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(path).save(path, exif=exif)  # 640x480 stored, shown upright as 480x640
+    with pytest.raises(ValueError, match=r"<size> says 640x480 but the image .* is 480x640 upright \(EXIF orientation 6\)"):
+        read(bccd)
+
+
+@needs_bccd
+def test_an_object_without_a_valid_box_is_an_error_naming_the_file_and_the_object(bccd):
+    replace_in(xml_of(bccd), "<xmin>260</xmin>", "<xmin>left</xmin>")
+    with pytest.raises(ValueError, match=rf"{xml_of(bccd)}: object 1 \('WBC'\) has no valid bndbox"):
+        read(bccd)
+    assert read(bccd, on_bad_sample="skip").fixes["skipped samples"] == 1
+
+
+@needs_bccd
+def test_an_instance_mask_of_another_size_than_its_image_is_named(bccd):
+    (bccd / "SegmentationObject").mkdir()
+    Image.new("P", (320, 240)).save(bccd / "SegmentationObject" / "BloodImage_00000.png")
+    with pytest.raises(ValueError, match=r"BloodImage_00000.png: mask size \(240, 320\) differs from image \(480, 640\)"):
+        VOCDetection(root=str(bccd), split="train", class_names=BCCD_CLASSES, with_masks=True)[0]
