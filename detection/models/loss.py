@@ -41,12 +41,14 @@ class MultiBoxLoss(nn.Module):
         num_positives = positive.sum()
         ce_per_anchor = F.cross_entropy(cls_logits.flatten(0, 1).float(), cls_targets.flatten(),
                                         reduction="none").view_as(cls_targets)
-        with torch.no_grad():
+        with torch.no_grad():  # the hardest negatives: one sort, then the first k of each row
             negative_loss = ce_per_anchor.masked_fill(positive, float("-inf"))
-            rank = negative_loss.argsort(dim=1, descending=True).argsort(dim=1)
+            order = negative_loss.argsort(dim=1, descending=True)
             num_negatives = (self.neg_pos_ratio * positive.sum(dim=1, keepdim=True)).long()
-            hard_negative = rank < num_negatives
+            in_first_k = torch.arange(order.shape[1], device=order.device) < num_negatives
+            hard_negative = torch.zeros_like(positive).scatter_(1, order, in_first_k)
         normaliser = positives_normaliser(num_positives)
-        regression = F.smooth_l1_loss(loc_preds[positive].float(), loc_targets[positive], reduction="sum")
-        classification = ce_per_anchor[positive | hard_negative].sum()
+        # masked sums rather than boolean indexing, which would read the mask's size back to the host
+        regression = (F.smooth_l1_loss(loc_preds.float(), loc_targets, reduction="none").sum(dim=-1) * positive).sum()
+        classification = (ce_per_anchor * (positive | hard_negative)).sum()
         return {"bbox_regression": regression / normaliser, "classification": classification / normaliser}

@@ -9,16 +9,15 @@ from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from detection.models.anchors import AnchorSpec, generate_anchors
 from detection.models.backbones import SSDTrunk
-from detection.models.box_coder import SSDBoxCoder
+from detection.models.box_coder import SSDBoxCoder, pad_targets
 
 
-def check_boxes(boxes: torch.Tensor, source: str) -> None:
-    """Raises ValueError naming `source` unless `boxes` is float [N, 4] xyxy with x1 < x2 and y1 < y2."""
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{source}: boxes must have shape [N, 4], got {list(boxes.shape)}")
-    degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
-    if degenerate.any():
-        raise ValueError(f"{source}: degenerate box {boxes[degenerate].tolist()} (need x1 < x2 and y1 < y2)")
+def check_boxes(boxes: torch.Tensor, valid: torch.Tensor) -> None:
+    """Fails unless every real box of a padded batch (float [B, G, 4] xyxy, valid bool [B, G]) has x1 < x2
+    and y1 < y2. An asynchronous device assertion: no host read on CUDA (on the CPU it raises at once)."""
+    proper = (boxes[..., 2:] > boxes[..., :2]).all(dim=-1) | ~valid
+    torch._assert_async(proper.all(), "SSD targets: a degenerate box (need x1 < x2 and y1 < y2); the datasets "
+                                      "drop such boxes, so check the targets given to the model")
 
 
 class L2Norm(nn.Module):
@@ -143,13 +142,12 @@ class SSD(nn.Module):
 
     def compute_loss(self, loc: torch.Tensor, cls: torch.Tensor, targets: list[dict[str, torch.Tensor]],
                      image_sizes: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
-        encoded = []
-        for index, (target, (height, width)) in enumerate(zip(targets, image_sizes)):
-            check_boxes(target["boxes"], f"target {index} (image_id {target.get('image_id', '?')})")
-            scale = target["boxes"].new_tensor([self.image_size / width, self.image_size / height] * 2)
-            encoded.append(self.box_coder.encode(target["boxes"] * scale, target["labels"]))
-        loc_targets = torch.stack([loc_target for loc_target, _ in encoded])
-        cls_targets = torch.stack([cls_target for _, cls_target in encoded])
+        """The MultiBox loss of a batch, its targets padded and encoded at once (no host reads)."""
+        boxes, labels, valid = pad_targets([t["boxes"] for t in targets], [t["labels"] for t in targets])
+        check_boxes(boxes, valid)
+        scale = boxes.new_tensor([[self.image_size / width, self.image_size / height] * 2
+                                  for height, width in image_sizes])
+        loc_targets, cls_targets = self.box_coder.encode_batch(boxes * scale[:, None], labels, valid)
         return self.loss(loc, cls, loc_targets, cls_targets)
 
     @torch.no_grad()
