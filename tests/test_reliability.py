@@ -12,6 +12,7 @@ import sys
 import time
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
@@ -57,7 +58,7 @@ def assert_same_run(final, expected, note=""):
     assert final["step"] == expected["step"] == 8
     mismatched = [key for key in expected["model"] if not torch.equal(expected["model"][key], final["model"][key])]
     assert not mismatched, f"{note}: {mismatched[:5]} differ"
-    assert final["metrics"] == expected["metrics"]
+    np.testing.assert_equal(final["metrics"], expected["metrics"])  # nan (nothing to measure) equal too
 
 
 def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(tmp_path, shapes_root, uninterrupted):
@@ -68,7 +69,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(tm
     process.wait()
     last = tmp_path / "killed" / "run" / "checkpoints" / "last.pt"
     interrupted = load_checkpoint(last)
-    assert interrupted["step"] >= kill_step
+    assert interrupted["step"] >= kill_step - 1  # killed between step_<k>.pt and re-pointing last.pt: k - 1
 
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
