@@ -5,12 +5,11 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import clip_boxes_to_image
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from detection.models.anchors import AnchorSpec, generate_anchors
 from detection.models.backbones import SSDTrunk
 from detection.models.box_coder import SSDBoxCoder, pad_targets
-from detection.models.nms import greedy_nms
 
 
 def check_boxes(boxes: torch.Tensor, valid: torch.Tensor) -> None:
@@ -154,27 +153,25 @@ class SSD(nn.Module):
     @torch.no_grad()
     def postprocess(self, loc: torch.Tensor, cls: torch.Tensor,
                     image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
-        """Softmax, the best `candidates_per_class` anchors per class above the score threshold, greedy NMS
-        within each (image, class) at once, then the best `detections_per_image` per image. One host
-        read in all: the number of detections per image, to cut the batch into torchvision's list."""
+        """Softmax, the best `candidates_per_class` anchors per class above the score threshold, one
+        batched NMS over all images and classes, then the top `detections_per_image` per image."""
         batch, num_anchors, num_classes = cls.shape
         scores = F.softmax(cls.float(), dim=-1)[..., 1:].transpose(1, 2)  # [B, C-1, A]
         boxes = self.box_coder.decode(loc.float())  # [B, A, 4]
-        top_scores, top_anchors = scores.topk(min(self.candidates_per_class, num_anchors), dim=-1)  # [B, C-1, K]
-        candidates = clip_boxes_to_image(boxes.gather(1, top_anchors.flatten(1)[..., None].expand(-1, -1, 4)),
-                                         (self.image_size,) * 2).view(*top_anchors.shape, 4)
-        keep = greedy_nms(candidates.flatten(0, 1), (top_scores > self.score_threshold).flatten(0, 1),
-                          self.nms_threshold).view_as(top_scores)
-        ranked = torch.where(keep, top_scores, -1.0).flatten(1)  # [B, (C-1) K]
-        best_scores, best = ranked.topk(min(self.detections_per_image, ranked.shape[1]), dim=1)
-        counts = keep.flatten(1).gather(1, best).sum(dim=1).tolist()  # the one host read
-        best_boxes = candidates.flatten(1, 2).gather(1, best[..., None].expand(-1, -1, 4))
-        scale = loc.new_tensor([[width / self.image_size, height / self.image_size] * 2
-                                for height, width in image_sizes]).float()
-        best_boxes = best_boxes * scale[:, None]
-        labels = best // top_scores.shape[-1] + 1
-        return [{"boxes": best_boxes[index, :count], "labels": labels[index, :count],
-                 "scores": best_scores[index, :count]} for index, count in enumerate(counts)]
+        top_scores, top_anchors = scores.topk(min(self.candidates_per_class, num_anchors), dim=-1)
+        keep = top_scores > self.score_threshold
+        image_index, class_index, _ = keep.nonzero(as_tuple=True)
+        candidate_boxes = clip_boxes_to_image(boxes[image_index, top_anchors[keep]], (self.image_size,) * 2)
+        candidate_scores = top_scores[keep]
+        kept = batched_nms(candidate_boxes, candidate_scores, image_index * num_classes + class_index,
+                           self.nms_threshold)
+        detections = []
+        for index, (height, width) in enumerate(image_sizes):
+            mine = kept[image_index[kept] == index][: self.detections_per_image]
+            scale = loc.new_tensor([width / self.image_size, height / self.image_size] * 2).float()
+            detections.append({"boxes": candidate_boxes[mine] * scale, "labels": class_index[mine] + 1,
+                               "scores": candidate_scores[mine]})
+        return detections
 
 
 def build_ssd(*, backbone: SSDTrunk, anchors: AnchorSpec, class_names: Sequence[str], loss: nn.Module,
