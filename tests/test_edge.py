@@ -1,9 +1,14 @@
-"""The edge's logic without subprocesses: what a resumed run continues with, and what it refuses."""
+"""The edge's logic without subprocesses: what a resumed run continues with, what it refuses, and the status
+a run ends with."""
+
+import contextlib
+import signal
 
 import pytest
 from omegaconf import OmegaConf
 
 import edge
+from detection.engine.loop import TrainingInterrupted
 from detection.engine.settings import SettingsError
 
 
@@ -80,3 +85,31 @@ def test_the_run_goes_on_in_the_tracking_store_it_started_in(compose_train, trai
                                                 "uri": "${oc.env:MLFLOW_TRACKING_URI,null}"}
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere.db")
     assert resume(compose_train, trained).tracking.uri == "sqlite:////runs/a.db"
+
+
+class RecordingTracker:
+    run_id = "run"
+
+    def __init__(self):
+        self.ended = []
+
+    def end(self, status="FINISHED"):
+        self.ended.append(status)
+
+
+@pytest.mark.parametrize("raised, status", [(None, "FINISHED"), (ValueError("bad data"), "FAILED"),
+                                            (KeyboardInterrupt(), "KILLED")])
+def test_a_run_ends_with_the_status_of_how_its_work_ended(raised, status):
+    tracker = RecordingTracker()
+    with pytest.raises(type(raised)) if raised else contextlib.nullcontext():
+        with edge.ended_with_status(tracker):
+            if raised:
+                raise raised
+    assert tracker.ended == [status]
+
+
+def test_a_stop_by_signal_ends_the_run_killed_and_exits_128_plus_the_signal(tmp_path):
+    tracker = RecordingTracker()
+    with pytest.raises(SystemExit) as exit_info, edge.ended_with_status(tracker):
+        raise TrainingInterrupted(signal.SIGTERM, tmp_path / "last.pt")
+    assert exit_info.value.code == 128 + signal.SIGTERM and tracker.ended == ["KILLED"]
