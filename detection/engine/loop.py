@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from detection.engine.artifacts import DebugArtifacts
 from detection.engine.checkpoint import CheckpointKeeper, rng_state, set_rng_state
-from detection.engine.precision import FP32, Precision
 from detection.engine.distributed import DistributedContext, all_ranks_agree, gather_to_all
+from detection.engine.precision import FP32, Precision
 from detection.evaluation import DetectionEvaluator
 from detection.tracking import Tracker
 
