@@ -1,9 +1,9 @@
 """The typed schema of the entry points' configurations, registered with Hydra's ConfigStore.
 
 `conf/train.yaml` and `conf/evaluate.yaml` start from these schemas (their defaults lists name them), so
-Hydra refuses a misspelt key at compose time, `+` prefix or not, and a value of the wrong type; `check_*`
-then refuses values out of range, one line naming the key. Importing this module does not import torch, so
-a typo costs a second.
+Hydra refuses a misspelt key and a value of the wrong type at compose time. Hydra lets a key added with
+`+` through, so `check_*` refuses those, and values out of range, in one line naming the key. Importing
+this module does not import torch, so a typo costs a second.
 """
 
 from dataclasses import dataclass, field, fields
@@ -12,7 +12,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from detection.engine.settings import SettingsError, TrainerSettings, check_seed
+from detection.engine.settings import SettingsError, TrainerSettings, check_at_least, check_seed
 
 
 @dataclass
@@ -54,18 +54,18 @@ def register() -> None:
 def check_train(cfg: DictConfig) -> TrainerSettings:
     """Refuses keys the schema does not know (Hydra's `+key=value` adds them) and out-of-range values, with
     a SettingsError naming the key; returns the loop's settings."""
-    unknown = sorted(set(cfg) - {field.name for field in fields(TrainConfig)})
+    known = sorted(field.name for field in fields(TrainConfig))
+    unknown = sorted(set(cfg) - set(known))
     if unknown:
-        raise SettingsError(f"unknown top-level key(s) {unknown}; known: {sorted(f.name for f in fields(TrainConfig))}")
+        raise SettingsError(f"unknown top-level key(s) {unknown}; known: {known}")
     check_seed(cfg.seed)
     return TrainerSettings.from_mapping(OmegaConf.to_container(cfg.trainer, resolve=True))
 
 
 def check_evaluate(cfg: DictConfig) -> None:
-    for key in ("batch_size", "num_workers"):
-        minimum = 1 if key == "batch_size" else 0
-        if cfg[key] < minimum:
-            raise SettingsError(f"{key}={cfg[key]!r}: must be an integer >= {minimum}")
+    """Refuses a batch size under 1 or a negative worker count, naming the key."""
+    check_at_least("batch_size", cfg.batch_size, 1)
+    check_at_least("num_workers", cfg.num_workers, 0)
 
 
 register()

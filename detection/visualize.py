@@ -88,8 +88,9 @@ def save_precision_recall_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]],
     """One precision-recall curve per class (recall, precision arrays as the evaluator ranks detections),
     labelled with its AP, written as a PNG. A class whose name the font cannot draw is labelled '#<label>'
     (its place in `class_names`), and `<path stem>.classes.txt` beside the plot says which class that is."""
-    names, legend = drawable_names(class_names or list(curves))
-    drawn = dict(zip(class_names or list(curves), names))
+    class_names = class_names or list(curves)
+    names, legend = drawable_names(class_names)
+    drawn = dict(zip(class_names, names))
     if legend:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".classes.txt").write_text("".join(f"{key}\t{name}\n" for key, name in legend.items()),

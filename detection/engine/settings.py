@@ -7,14 +7,15 @@ before it imports torch: a misspelt key or a nonsense value costs a second, not 
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
-AMP_CHOICES = ("auto", True, False, "fp16", "bf16")
+AMP_NAMES = ("auto", "fp16", "bf16")  # besides true and false
 
 
 class SettingsError(ValueError):
     """A setting with a value the loop cannot run with; the message names the key."""
 
 
-def _at_least(key: str, value: Any, minimum: int, *, optional: bool = False) -> None:
+def check_at_least(key: str, value: Any, minimum: int, *, optional: bool = False) -> None:
+    """Refuses `value` unless it is an integer >= `minimum` (or None, when `optional`), naming `key`."""
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -47,14 +48,13 @@ class TrainerSettings:
     def __post_init__(self):
         for key, minimum in (("max_epochs", 1), ("batch_size", 1), ("num_workers", 0), ("log_every", 1),
                              ("max_nonfinite_in_row", 0), ("keep_last", 1)):
-            _at_least(f"trainer.{key}", getattr(self, key), minimum)
+            check_at_least(f"trainer.{key}", getattr(self, key), minimum)
         for key in ("checkpoint_every", "limit_train_images", "limit_val_images", "debug_images_every"):
-            _at_least(f"trainer.{key}", getattr(self, key), 1, optional=True)
+            check_at_least(f"trainer.{key}", getattr(self, key), 1, optional=True)
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise SettingsError(f"trainer.grad_clip={self.grad_clip!r}: must be a positive max gradient norm "
                                 f"or null (no clipping)")
-        if self.amp not in AMP_CHOICES or (self.amp is not True and self.amp is not False and
-                                           not isinstance(self.amp, str)):
+        if not (isinstance(self.amp, bool) or self.amp in AMP_NAMES):
             raise SettingsError(f"trainer.amp={self.amp!r}: must be one of auto, true, false, fp16, bf16")
         if not isinstance(self.device, str) or not self.device:
             raise SettingsError(f"trainer.device={self.device!r}: must be auto, cpu, cuda or cuda:<index>")

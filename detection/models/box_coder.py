@@ -34,11 +34,6 @@ def greedy_bipartite_match(iou: torch.Tensor, num_boxes: torch.Tensor) -> torch.
     return anchor_per_box
 
 
-def bipartite_match(iou: torch.Tensor) -> torch.Tensor:
-    """`greedy_bipartite_match` of one image: iou float [G, A] -> int64 [G], the anchor each box takes."""
-    return greedy_bipartite_match(iou[None], torch.tensor([iou.shape[0]], device=iou.device))[0]
-
-
 def pad_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Per-image boxes float [N_i, 4] and labels int64 [N_i] as one padded batch: boxes float [B, G, 4]
     (padding slots hold the unit box, so that encoding them stays finite), labels int64 [B, G] (0 in
