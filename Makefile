@@ -26,7 +26,6 @@ test-fast: $(INSTALLED)
 bench: $(INSTALLED)
 	$(PY) bench/train_step.py
 	$(PY) bench/inference.py
-	$(PY) bench/vs_torchvision.py
 	$(PY) bench/eval.py
 	$(PY) bench/data.py
 

@@ -21,8 +21,10 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from detection.engine.artifacts import DebugArtifacts
 from detection.engine.checkpoint import load_checkpoint
 from detection.engine.loop import TrainingInterrupted
+from detection.engine.precision import Precision
 from detection.engine.settings import SettingsError
 from detection.models.export import BatchedDetector
 from detection.tracking import NullTracker, Tracker, experiment_label, flatten, sweep_parent
@@ -35,7 +37,8 @@ DATA_PATHS = ("dataset.root", "dataset.train_images", "dataset.val_images", "dat
               "dataset.val_annotations")
 MAY_CHANGE_ON_RESUME = ("trainer.max_epochs", "trainer.device", "trainer.num_workers", "trainer.log_every",
                         "trainer.checkpoint_every", "trainer.keep_last", "trainer.progress",
-                        "trainer.debug_images_every", *DATA_PATHS)
+                        "trainer.debug_images_every", "trainer.channels_last", "trainer.compile",
+                        "trainer.cudnn_benchmark", *DATA_PATHS)
 ALWAYS_FROM_COMMAND_LINE = ("ckpt_path", "hydra")
 
 
@@ -204,6 +207,21 @@ def ended_with_status(tracker: Tracker) -> Iterator[Tracker]:
         tracker.end("FAILED")
         raise
     tracker.end("FINISHED")
+
+
+def checkpoint_extras(cfg: DictConfig, tracker: Tracker, data_fingerprint: str) -> dict[str, Any]:
+    """What a training checkpoint holds besides the training state: the configuration (resolved, and as
+    composed), the group choices, the class names, the tracked run and the training split's fingerprint."""
+    return {"config": OmegaConf.to_container(cfg, resolve=True), "config_unresolved": OmegaConf.to_container(cfg),
+            "choices": group_choices(), "class_names": list(cfg.dataset.classes), "tracking_run_id": tracker.run_id,
+            "data_fingerprint": data_fingerprint}
+
+
+def debug_artifacts(cfg: DictConfig, run_dir: Path, tracker: Tracker, precision: Precision,
+                    device: torch.device) -> DebugArtifacts:
+    """The run's debug images and precision-recall plots, drawn in the precision it trains in."""
+    return DebugArtifacts(run_dir, tracker, cfg.dataset.classes, every=cfg.trainer.debug_images_every,
+                          autocast=lambda: precision.autocast(device))
 
 
 def log_best_model(tracker: Tracker, model: torch.nn.Module, checkpoint_dirs: list[Path], val_dataset) -> None:

@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from detection.data.loader import build_loader
 from detection.engine.checkpoint import load_checkpoint
 from detection.engine.distributed import init_distributed, shutdown_distributed
-from detection.engine.loop import evaluate, resolve_device, validation_metrics
-from detection.evaluation import DetectionEvaluator
+from detection.engine.device import resolve_device
+from detection.engine.inference import evaluate
+from detection.evaluation import DetectionEvaluator, validation_metrics
 from detection.tracking import experiment_label
 from edge import build_model, build_tracker
 from schema import SettingsError, check_evaluate

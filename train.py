@@ -21,6 +21,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     # imported here, once the settings passed their check, so that a bad setting is refused before torch
     # and the models load
     from contextlib import ExitStack
+    from dataclasses import replace
     from pathlib import Path
 
     from hydra.core.hydra_config import HydraConfig
@@ -29,11 +30,14 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     import edge
     from detection.data.loader import build_loader
     from detection.data.samples import split_fingerprint
-    from detection.engine.artifacts import DebugArtifacts
+    from detection.engine import hooks
     from detection.engine.checkpoint import RunLock, seed_everything
+    from detection.engine.device import resolve_device
     from detection.engine.distributed import init_distributed, shutdown_distributed
-    from detection.engine.loop import fit, resolve_device
+    from detection.engine.loop import fit
     from detection.engine.precision import choose_precision
+    from detection.engine.state import TrainingState
+    from detection.engine.step import TrainStep, prepare_network
     from detection.evaluation import DetectionEvaluator
     from detection.tracking import experiment_label
 
@@ -42,9 +46,10 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     cfg, checkpoint = edge.continued_run(cfg, run_dir, list(HydraConfig.get().overrides.task))
     if checkpoint is not None and edge.already_finished(cfg, checkpoint):
         return checkpoint["metrics"]
-    trainer = check_train(cfg)
-    context, device = init_distributed(resolve_device(trainer.device))
-    precision = choose_precision(device, trainer.amp)
+    settings = check_train(cfg)
+    context, device = init_distributed(resolve_device(settings.device))
+    settings = replace(settings, progress=settings.progress and context.is_main)
+    precision = choose_precision(device, settings.amp)
     log.info("precision: %s (%s)", precision.name, precision.reason)
     seed_everything(cfg.seed + context.rank)
     train_set, val_set = instantiate(cfg.dataset.train), instantiate(cfg.dataset.val)
@@ -60,29 +65,34 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             tags={"device": str(device), "world_size": str(context.world_size), "precision": precision.name,
                   "precision_reason": precision.reason})))
         held.callback(shutdown_distributed)
-        model = edge.build_model(cfg, pretrained=checkpoint is None)
+        model, network = prepare_network(
+            edge.build_model(cfg, pretrained=checkpoint is None), device=device, context=context,
+            channels_last=settings.uses_channels_last(device.type), compile=settings.compile,
+            cudnn_benchmark=settings.cudnn_benchmark, sync_batchnorm=settings.sync_batchnorm)
         shard = {"rank": context.rank, "world_size": context.world_size, "seed": cfg.seed,
-                 "batch_size": trainer.batch_size, "num_workers": trainer.num_workers}
-        train_loader = build_loader(train_set, shuffle=True, limit=trainer.limit_train_images, **shard)
-        val_loader = build_loader(val_set, shuffle=False, limit=trainer.limit_val_images, **shard)
+                 "batch_size": settings.batch_size, "num_workers": settings.num_workers}
+        train_loader = build_loader(train_set, shuffle=True, limit=settings.limit_train_images,
+                                    augmentation=train_set.transforms, **shard)
+        val_loader = build_loader(val_set, shuffle=False, limit=settings.limit_val_images, **shard)
         optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
-        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=trainer.max_epochs * len(train_loader))
-        extras = {"config": OmegaConf.to_container(cfg, resolve=True), "choices": edge.group_choices(),
-                  "config_unresolved": OmegaConf.to_container(cfg),
-                  "class_names": list(cfg.dataset.classes), "tracking_run_id": tracker.run_id,
-                  "data_fingerprint": fingerprint}
-        artifacts = (DebugArtifacts(run_dir, tracker, cfg.dataset.classes, every=trainer.debug_images_every,
-                                    autocast=lambda: precision.autocast(device)) if context.is_main else None)
-        log.info("run directory %s; training %s on %s (rank %d of %d); ready %.1f s after the command",
-                 run_dir, experiment_label(cfg), device, context.rank, context.world_size, edge.uptime())
-        metrics = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-                      val_loader=val_loader, evaluator=DetectionEvaluator(class_names=list(cfg.dataset.classes)),
-                      tracker=tracker, checkpoint_dir=run_dir / "checkpoints", max_epochs=trainer.max_epochs,
-                      device=device, precision=precision, grad_clip=trainer.grad_clip,
-                      log_every=trainer.log_every, max_nonfinite_in_row=trainer.max_nonfinite_in_row,
-                      checkpoint_every=trainer.checkpoint_every, keep_last=trainer.keep_last,
-                      progress=trainer.progress, resume=checkpoint, checkpoint_extras=lambda: extras,
-                      context=context, sync_batchnorm=trainer.sync_batchnorm, artifacts=artifacts)
+        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=settings.max_epochs * len(train_loader))
+        state = TrainingState(TrainStep(model, optimizer, scheduler, network=network, device=device,
+                                        precision=precision, grad_clip=settings.grad_clip),
+                              extras=edge.checkpoint_extras(cfg, tracker, fingerprint))
+        if checkpoint is not None:
+            state.restore(checkpoint)
+            log.info("resumed at epoch %d after %d batches, step %d", state.epoch + 1, state.batches_done, state.step)
+        artifacts = edge.debug_artifacts(cfg, run_dir, tracker, precision, device) if context.is_main else None
+        run_hooks = [hooks.MetricLogger(tracker, every=settings.log_every),
+                     *([hooks.DebugImages(artifacts)] if artifacts else []),
+                     hooks.Validation(val_loader, DetectionEvaluator(class_names=list(cfg.dataset.classes)), tracker,
+                                      device=device, precision=precision, progress=settings.progress,
+                                      artifacts=artifacts)]
+        log.info("run directory %s; training %s on %s (rank %d of %d); ready %.1f s after the command", run_dir,
+                 experiment_label(cfg), device, context.rank, context.world_size, edge.uptime())
+        metrics = fit(state, train_loader, settings, hooks=run_hooks, checkpoints=hooks.Checkpoints(
+            run_dir / "checkpoints", every=settings.checkpoint_every, keep_last=settings.keep_last,
+            is_main=context.is_main))
         if context.is_main:
             resumed_from = [Path(cfg.ckpt_path).parent] if cfg.ckpt_path else []
             edge.log_best_model(tracker, model, [run_dir / "checkpoints", *resumed_from], val_loader.dataset)

@@ -68,5 +68,43 @@ def best_interleaved(functions: dict[str, Callable[[], object]], *, rounds: int 
     return best
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def device(name: str = "auto") -> torch.device:
+    """cpu, cuda, or auto (CUDA when present)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_name(dev: torch.device) -> str:
+    """The GPU's name, or the CPU's model, core count and the kernels torch runs on it."""
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").is_file() else "CPU"
+    return (f"{model}, {torch.get_num_threads()} threads, kernels {torch.backends.cpu.get_cpu_capability()} "
+            f"(torch {torch.__version__})")
+
+
+def add_device_arguments(parser) -> None:
+    """--device, --batch, --repeat, --amp, --channels-last: what every step benchmark takes."""
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch", type=int, default=None, help="default: 32 on CUDA, 8 on the CPU")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the best of each is kept")
+    parser.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA, bf16 on the CPU")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC weights (trainer.channels_last)")
+    parser.add_argument("--models", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
+
+
+# the four SSD layouts the benchmarks measure: overrides of `model=ssd`
+LAYOUTS = {"SSD300-VGG16": ("backbone=vgg16", "anchors=ssd300"),
+           "SSD300-ResNet50": ("backbone=resnet50", "anchors=ssd300"),
+           "SSD512-ResNet50": ("backbone=resnet50", "anchors=voc512"),
+           "SSD512-VGG16": ("backbone=vgg16", "anchors=voc512")}
+
+
+def image_size(layout: str) -> int:
+    return int(layout[3:6])
+
+
+def on_device(images, targets, dev: torch.device):
+    return [image.to(dev) for image in images], [{k: v.to(dev) for k, v in t.items()} for t in targets]

@@ -22,9 +22,9 @@ from detection.data.loader import build_loader  # noqa: E402
 def images_per_second(augment: str, images: int) -> float:
     """One pass over the first `images` training images through a loader with one worker process."""
     cfg = compose_config("dataset=bccd", f"augment={augment}", "anchors=voc512")
-    loader = build_loader(instantiate(cfg.dataset.train), batch_size=8, shuffle=True, num_workers=1, seed=0,
-                          limit=images)
-    loader.dataset.set_epoch(0)
+    train_set = instantiate(cfg.dataset.train)
+    loader = build_loader(train_set, batch_size=8, shuffle=True, num_workers=1, seed=0, limit=images,
+                          augmentation=train_set.transforms).epoch(0)
     start = time.perf_counter()
     seen = sum(len(batch_images) for batch_images, _, _ in loader)
     return seen / (time.perf_counter() - start)

@@ -1,69 +1,77 @@
-"""SSD512-ResNet50, batch 8: a full training step against the network's forward + backward alone.
+"""Training step: the step the loop runs (`TrainStep`: autocast forward, matching and encoding, the
+MultiBox loss, the agreed check, backward, clipping, the update) against the network's forward + backward
+alone, for four SSD layouts, and torchvision's ssd300_vgg16 in the same run; the host reads per step.
 
-The full step adds resizing/normalising, matching and encoding, the MultiBox loss and the optimizer;
-the overhead is what that adds, as a share of the full step (target: at most 10%).
+Targets: the full step at least 0.9x the network's throughput on CUDA (overhead within 10% on the CPU);
+ours at least 2x torchvision's ssd300_vgg16 on CUDA; one host read per step.
 
-    python bench/train_step.py [--batch 8] [--repeat 5] [--amp]
+    python bench/train_step.py [--device cpu|cuda] [--batch 32] [--amp] [--channels-last] [--models ...]
 """
 
 import argparse
 
 import torch
+import torchvision
 
-from common import batch, best_interleaved, build_model, device
+from common import (LAYOUTS, add_device_arguments, batch, best_interleaved, build_model, device, device_name,
+                    image_size, on_device)
+from detection.engine.host_reads import HostReads
+from detection.engine.precision import FP32, Precision
+from detection.engine.step import TrainStep, prepare_network
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast on the CPU, fp16 on CUDA")
-    args = parser.parse_args()
-    dev = device()
-    model = build_model("model=ssd", "backbone=resnet50", "anchors=voc512").to(dev).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    images, targets = batch(args.batch, 512)
-    images = [image.to(dev) for image in images]
-    targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
-    amp_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and dev.type == "cuda")
+def train_step_of(model, dev, precision) -> TrainStep:
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return TrainStep(model, optimizer, scheduler, device=dev, precision=precision)
 
-    def full_step():
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=args.amp):
-            loss = sum(model(images, targets).values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
 
-    preprocessed = model.preprocess(images)
+def network_only(model, images, precision, dev):
+    """The network's forward and backward on the preprocessed batch, nothing else."""
+    preprocessed = model.preprocess(images).detach()
 
-    def network_only():
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=args.amp):
+    def run():
+        with precision.autocast(dev):
             loc, cls = model.head(model.features(preprocessed))
             loss = loc.float().mean() + cls.float().mean()
         model.zero_grad(set_to_none=True)
         loss.backward()
+    return run
 
-    with torch.no_grad(), torch.autocast(dev.type, dtype=amp_dtype, enabled=args.amp):
-        loc, cls = model.head(model.features(preprocessed))
-    loc, cls = loc.detach().requires_grad_(), cls.detach().requires_grad_()
-    image_sizes = [tuple(image.shape[-2:]) for image in images]
 
-    def beyond_network():
-        """What the step adds to the network, timed directly: resize/normalise, matching and encoding,
-        the loss forward and backward, and the optimizer update."""
-        model.preprocess(images)
-        losses = model.compute_loss(loc, cls, targets, image_sizes)
-        sum(losses.values()).backward()
-        optimizer.step()
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_device_arguments(parser)
+    args = parser.parse_args()
+    dev = device(args.device)
+    size = args.batch or (32 if dev.type == "cuda" else 8)
+    precision = Precision(torch.float16 if dev.type == "cuda" else torch.bfloat16, "--amp") if args.amp else FP32
+    print(f"training step, batch {size}, {precision.name}{', channels_last' if args.channels_last else ''}, "
+          f"on {device_name(dev)}")
+    print(f"  {'layout':<22}{'network img/s':>14}{'step img/s':>12}{'step/network':>14}{'reads/step':>12}")
+    for layout in args.models:
+        model, _ = prepare_network(build_model("model=ssd", *LAYOUTS[layout]), device=dev,
+                                   channels_last=args.channels_last)
+        images, targets = on_device(*batch(size, image_size(layout), objects=6), dev)
+        step = train_step_of(model, dev, precision)
+        best = best_interleaved({"network": network_only(model, images, precision, dev),
+                                 "step": lambda: step(images, targets)}, rounds=args.repeat)
+        with HostReads() as reads:
+            step(images, targets)
+        print(f"  {layout:<22}{size / best['network']:>14.1f}{size / best['step']:>12.1f}"
+              f"{best['network'] / best['step']:>13.3f}x{len(reads.reads):>12}")
+        if layout == "SSD300-VGG16":
+            theirs, _ = prepare_network(torchvision.models.detection.ssd300_vgg16(
+                weights=None, weights_backbone=None, num_classes=21), device=dev, channels_last=args.channels_last)
+            their_step = train_step_of(theirs, dev, precision)
+            head_to_head = best_interleaved({"ours": lambda: step(images, targets),
+                                             "theirs": lambda: their_step(images, targets)}, rounds=args.repeat)
+            with HostReads() as reads:
+                their_step(images, targets)
+            print(f"  {'torchvision ssd300':<22}{'':>14}{size / head_to_head['theirs']:>12.1f}{'':>14}"
+                  f"{len(reads.reads):>12}   ours {head_to_head['theirs'] / head_to_head['ours']:.2f}x its "
+                  f"throughput")
 
-    best = best_interleaved({"network": network_only, "full": full_step, "extra": beyond_network}, rounds=args.repeat)
-    network, full, extra = best["network"], best["full"], best["extra"]
-    print(f"SSD512-ResNet50 train step, batch {args.batch}, {dev}{' amp' if args.amp else ''}")
-    print(f"  network forward+backward  {network * 1000:9.1f} ms")
-    print(f"  full training step        {full * 1000:9.1f} ms   ({full / network:.3f}x the network)")
-    print(f"  beyond the network        {extra * 1000:9.1f} ms   ({extra / full * 100:.1f}% of the step; target <= 10%)")
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ from detection.data.loader import build_loader
 from detection.data.shapes import generate_shapes
 from detection.data.samples import collate_detection
 from detection.data.voc import VOCDetection
-from detection.engine.loop import evaluate
+from detection.engine.inference import evaluate
 from detection.evaluation import DetectionEvaluator
 
 pytestmark = pytest.mark.faults

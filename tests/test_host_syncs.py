@@ -1,32 +1,14 @@
 """Hot paths stay on the device: the ops that read a value back to the host (and so stall a GPU) are
-counted on the CPU with a TorchDispatchMode, around the SSD's training forward, backward and update. (The
-eval call is not sync-free yet: its NMS still cuts candidates by score on the host; see the README.)"""
+counted on the CPU with a TorchDispatchMode, around the SSD's training forward, backward and update, and
+around an eval call."""
 
 import pytest
 import torch
 from hydra.utils import instantiate
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import SMALL_SHAPES
-
-HOST_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
-              torch.ops.aten.is_nonzero.default, torch.ops.aten.item.default}
-
-
-class HostReads(TorchDispatchMode):
-    """Counts the ops that force a device-to-host read: .item(), bool(), nonzero, and indexing with a
-    boolean mask (which calls nonzero inside)."""
-
-    def __init__(self):
-        super().__init__()
-        self.reads: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        indices = args[1] if func in (torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default,
-                                      torch.ops.aten.index_put.default) else ()
-        if func in HOST_READS or any(i is not None and i.dtype == torch.bool for i in indices):
-            self.reads.append(str(func))
-        return func(*args, **(kwargs or {}))
+from detection.engine.host_reads import HostReads
+from detection.engine.step import TrainStep
 
 
 def batch(size: int, boxes_per_image: int):
@@ -40,15 +22,20 @@ def batch(size: int, boxes_per_image: int):
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "vgg16"])
-def test_an_ssd_training_step_reads_nothing_back_to_the_host(compose_train, backbone):
-    model = instantiate(compose_train(f"backbone={backbone}", "anchors=shapes128", *SMALL_SHAPES).model).train()
+def test_an_ssd_training_step_reads_back_once(compose_train, backbone):
+    """The loop's step (forward, losses, the agreed non-finite and stop check, backward, clipping, update,
+    scheduler) reads one thing back: the check's flags. The model's part reads nothing."""
+    model = instantiate(compose_train(f"backbone={backbone}", "anchors=shapes128", *SMALL_SHAPES).model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    train_step = TrainStep(model, optimizer, scheduler, device=torch.device("cpu"), grad_clip=10.0)
     images, targets = batch(8, 6)
     with HostReads() as counter:
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        outcome = train_step(images, targets)
+    assert outcome.applied
+    assert counter.reads == ["aten._to_copy.default"]
+    with HostReads() as counter:
+        model.train()(images, targets)
     assert counter.reads == []
 
 
@@ -59,6 +46,24 @@ def test_the_counter_sees_each_kind_of_host_read():
         bool(values.any())
         int(values.argmax())
         values.nonzero()
+        values.to("cpu", copy=True).tolist()
+        values.float()  # a copy, not to the host
     assert counter.reads == ["aten.index.Tensor", "aten._local_scalar_dense.default",
-                             "aten._local_scalar_dense.default", "aten.nonzero.default"]
+                             "aten._local_scalar_dense.default", "aten.nonzero.default", "aten._to_copy.default"]
 
+
+
+@pytest.mark.parametrize(("nms_method", "budget"), [("dense", 1), ("compacted", 2)])
+def test_an_ssd_eval_call_reads_back_once(compose_train, nms_method, budget):
+    """The dense NMS (what runs on a GPU) leaves the call one read, the per-image counts; the CPU's
+    compacted NMS adds one (gathering the candidates), which costs nothing where there is no device."""
+    cfg = compose_train("anchors=shapes128", f"model.nms_method={nms_method}", *SMALL_SHAPES)
+    model = instantiate(cfg.model).eval()
+    with torch.no_grad():
+        for conv in model.head.cls:  # distinct scores, all above the threshold: every candidate in play
+            conv.weight.mul_(0.02)
+    images, _ = batch(8, 6)
+    with torch.no_grad(), HostReads() as counter:
+        detections = model(images)
+    assert len(counter.reads) == budget, counter.reads
+    assert all(len(d["boxes"]) == model.detections_per_image for d in detections)

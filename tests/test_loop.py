@@ -10,8 +10,12 @@ from hydra.utils import instantiate
 from conftest import SMALL_SHAPES
 from detection.data.loader import build_loader
 from detection.engine.checkpoint import load_checkpoint, save_checkpoint
-from detection.engine.precision import Precision
-from detection.engine.loop import NonFiniteLossError, TrainingInterrupted, fit
+from detection.engine.hooks import Checkpoints, MetricLogger, Validation
+from detection.engine.loop import TrainingInterrupted, fit
+from detection.engine.precision import FP32, Precision
+from detection.engine.settings import TrainerSettings
+from detection.engine.state import NonFiniteLossError, TrainingState
+from detection.engine.step import TrainStep
 from detection.evaluation import DetectionEvaluator
 from detection.tracking import NullTracker
 
@@ -35,21 +39,32 @@ class PoisonedLosses(torch.nn.Module):
 def setup(compose_train, tmp_path, nan_steps, max_in_row=10):
     cfg = compose_train("backbone=resnet18", "anchors=shapes128", "debug=smoke", *SMALL_SHAPES)
     model = PoisonedLosses(instantiate(cfg.model), nan_steps)
-    loader = build_loader(instantiate(cfg.dataset.train), batch_size=2, shuffle=True, num_workers=0, seed=0)
+    train_set = instantiate(cfg.dataset.train)
+    loader = build_loader(train_set, batch_size=2, shuffle=True, num_workers=0, seed=0,
+                          augmentation=train_set.transforms)
     val = build_loader(instantiate(cfg.dataset.val), batch_size=2, shuffle=False, num_workers=0, seed=0)
+    return dict(model=model, loader=loader, val_loader=val, classes=list(cfg.dataset.classes), folder=tmp_path,
+                settings=TrainerSettings(max_epochs=1, progress=False, max_nonfinite_in_row=max_in_row))
+
+
+def run_fit(model, loader, val_loader, classes, folder, settings, *, precision=FP32, every=None, keep_last=3,
+            extras=None):
+    """fit() as train.py assembles it, with a null tracker."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return dict(model=model, optimizer=optimizer, scheduler=scheduler, train_loader=loader, val_loader=val,
-                evaluator=DetectionEvaluator(class_names=cfg.dataset.classes), tracker=NullTracker(),
-                checkpoint_dir=tmp_path, max_epochs=1, device=torch.device("cpu"), progress=False,
-                max_nonfinite_in_row=max_in_row)
+    device = torch.device("cpu")
+    state = TrainingState(TrainStep(model, optimizer, scheduler, device=device, precision=precision), extras=extras)
+    hooks = [MetricLogger(NullTracker(), every=settings.log_every),
+             Validation(val_loader, DetectionEvaluator(class_names=classes), NullTracker(), device=device,
+                        precision=precision, progress=False)]
+    return fit(state, loader, settings, hooks=hooks, checkpoints=Checkpoints(folder, every=every, keep_last=keep_last))
 
 
 @pytest.mark.faults
 def test_non_finite_losses_skip_their_step(compose_train, tmp_path):
     args = setup(compose_train, tmp_path, nan_steps=[2])
     before = [p.detach().clone() for p in args["model"].parameters()]
-    fit(**args)
+    run_fit(**args)
     checkpoint = load_checkpoint(tmp_path / "last.pt")
     assert checkpoint["step"] == 3  # 8 images in batches of 2: 4 batches, one skipped
     assert all(torch.isfinite(p).all() for p in args["model"].parameters())
@@ -60,12 +75,12 @@ def test_non_finite_losses_skip_their_step(compose_train, tmp_path):
 def test_too_many_non_finite_losses_in_a_row_stop_the_run(compose_train, tmp_path):
     args = setup(compose_train, tmp_path, nan_steps=[1, 2, 3], max_in_row=2)
     with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
-        fit(**args)
+        run_fit(**args)
 
 
 def test_checkpoint_holds_everything_to_resume_and_loads_without_code(compose_train, tmp_path):
     args = setup(compose_train, tmp_path, nan_steps=[])
-    fit(**args, checkpoint_extras=lambda: {"config": {"seed": 0}, "class_names": ["a"]})
+    run_fit(**args, extras={"config": {"seed": 0}, "class_names": ["a"]})
     checkpoint = load_checkpoint(tmp_path / "last.pt")
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "batches_done", "step", "rng", "config",
             "class_names", "best_map", "metrics"} <= set(checkpoint)
@@ -74,7 +89,7 @@ def test_checkpoint_holds_everything_to_resume_and_loads_without_code(compose_tr
 
 def test_only_the_newest_step_checkpoints_are_kept_beside_last_and_best(compose_train, tmp_path):
     args = setup(compose_train, tmp_path, nan_steps=[])
-    fit(**{**args, "max_epochs": 2, "checkpoint_every": 1, "keep_last": 2})
+    run_fit(**{**args, "settings": TrainerSettings(max_epochs=2, progress=False)}, every=1, keep_last=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "step_00000007.pt", "step_00000008.pt"]
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
     assert load_checkpoint(tmp_path / "best.pt")["step"] in (4, 8)  # an epoch end
@@ -99,7 +114,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_stops(compose_train, tmp_path
     args = setup(compose_train, tmp_path, nan_steps=[])
     args["model"] = SignalAtStep(args["model"].model, at_step=2)
     with pytest.raises(TrainingInterrupted, match=f"SIGTERM.*ckpt_path={tmp_path / 'step_00000002.pt'}"):
-        fit(**args)
+        run_fit(**args)
     checkpoint = load_checkpoint(tmp_path / "last.pt")
     assert checkpoint["step"] == 2 and checkpoint["batches_done"] == 2 and checkpoint["epoch"] == 0
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone after fit
@@ -130,6 +145,6 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
 
 def test_bf16_autocast_trains_with_finite_weights(compose_train, tmp_path):
     args = setup(compose_train, tmp_path, nan_steps=[])
-    fit(**{**args, "precision": Precision(torch.bfloat16, "test")})
+    run_fit(**args, precision=Precision(torch.bfloat16, "test"))
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
     assert all(torch.isfinite(p).all() for p in args["model"].parameters())

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from detection.evaluation import DetectionEvaluator
+from detection.evaluation import DetectionEvaluator, class_aps
 from detection.tracking import Tracker
 from detection.visualize import draw_detections, save_image, save_precision_recall_plot
 
@@ -40,8 +40,7 @@ class DebugArtifacts:
         """After a validation: a validation image (`sample`, or None when unreadable) and the PR curves."""
         if sample is not None:
             self._debug_image(model, *sample, f"val_step_{step:07d}.png")
-        aps = {name: metrics.get(f"val/ap/{name}", float("nan")) for name in self.class_names}
-        path = save_precision_recall_plot(evaluator.precision_recall(), aps,
+        path = save_precision_recall_plot(evaluator.precision_recall(), class_aps(metrics, self.class_names),
                                           self.folder / "precision_recall" / f"step_{step:07d}.png",
                                           class_names=self.class_names,
                                           title=f"precision-recall at IoU 0.5, step {step}")

@@ -62,10 +62,10 @@ def gather_to_all(items: list[Any]) -> list[Any]:
     return [item for part in gathered for item in part]
 
 
-def all_ranks_agree(flag: bool, device: torch.device) -> bool:
-    """True when `flag` is true on every rank (so that all ranks take the same branch around a collective)."""
-    if _world_size() == 1:
-        return flag
-    value = torch.tensor(int(flag), device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
+def agreed(flags: torch.Tensor) -> list[bool]:
+    """Each of `flags` (int32 [N] on this rank's device, 1 = true) true on every rank: one all-reduce on
+    the device, then one read back to the host (a real copy, so that a dispatch counter sees it on the
+    CPU as on CUDA)."""
+    if _world_size() > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    return [bool(value) for value in flags.to("cpu", copy=True).tolist()]

@@ -44,6 +44,9 @@ class TrainerSettings:
     progress: bool = True
     sync_batchnorm: bool = False
     debug_images_every: Optional[int] = 500
+    channels_last: Any = "auto"
+    compile: bool = False
+    cudnn_benchmark: bool = True
 
     def __post_init__(self):
         for key, minimum in (("max_epochs", 1), ("batch_size", 1), ("num_workers", 0), ("log_every", 1),
@@ -56,8 +59,14 @@ class TrainerSettings:
                                 f"or null (no clipping)")
         if not (isinstance(self.amp, bool) or self.amp in AMP_NAMES):
             raise SettingsError(f"trainer.amp={self.amp!r}: must be one of auto, true, false, fp16, bf16")
+        if not (isinstance(self.channels_last, bool) or self.channels_last == "auto"):
+            raise SettingsError(f"trainer.channels_last={self.channels_last!r}: must be auto (true on CUDA), true "
+                                f"or false")
         if not isinstance(self.device, str) or not self.device:
             raise SettingsError(f"trainer.device={self.device!r}: must be auto, cpu, cuda or cuda:<index>")
+
+    def uses_channels_last(self, device_type: str) -> bool:
+        return self.channels_last is True or (self.channels_last == "auto" and device_type == "cuda")
 
     @classmethod
     def from_mapping(cls, values: Any) -> "TrainerSettings":

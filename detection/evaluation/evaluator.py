@@ -115,3 +115,24 @@ class DetectionEvaluator:
                 arrays["masks"] = [rle for part in parts for rle in part["masks"]]
             flat.append(arrays)
         return flat[0], flat[1]
+
+
+def validation_metrics(results: dict[str, float]) -> dict[str, float]:
+    """The one place metric names are made: `compute()`'s results as the `val/...` metrics a run logs.
+    `val/map` is VOC07 mAP@0.5 (11-point AP at IoU 0.5, the SSD paper's measure) and `val/ap/<class>` its
+    per-class AP; every other result keeps its name under `val/` (`val/voc_map`, `val/coco_map_50`, ...)."""
+    metrics = {}
+    for key, value in results.items():
+        if key == "voc07_map":
+            metrics["val/map"] = value
+        elif key.startswith("voc07_ap/"):
+            metrics[f"val/ap/{key.removeprefix('voc07_ap/')}"] = value
+        else:
+            metrics[f"val/{key}"] = value
+    return metrics
+
+
+def class_aps(metrics: dict[str, float], class_names: Sequence[str], measure: str = "") -> dict[str, float]:
+    """Per-class AP of `validation_metrics`' output: measure '' (VOC07, `val/ap/<class>`), 'voc_' or 'coco_';
+    nan for a class without ground truth."""
+    return {name: metrics.get(f"val/{measure}ap/{name}", float("nan")) for name in class_names}

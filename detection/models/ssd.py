@@ -5,11 +5,12 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import clip_boxes_to_image
 
 from detection.models.anchors import AnchorSpec, generate_anchors
 from detection.models.backbones import SSDTrunk
 from detection.models.box_coder import SSDBoxCoder, pad_targets
+from detection.models.postprocess import best_detections, compacted_nms, dense_nms
 
 
 def check_boxes(boxes: torch.Tensor, valid: torch.Tensor) -> None:
@@ -95,6 +96,9 @@ class SSDHead(nn.Module):
         return torch.cat(loc, dim=1), torch.cat(cls, dim=1)
 
 
+NMS_METHODS = ("auto", "dense", "compacted")
+
+
 class SSD(nn.Module):
     """Single Shot MultiBox Detector with torchvision's detection contract.
 
@@ -108,7 +112,7 @@ class SSD(nn.Module):
     def __init__(self, *, features: SSDFeatures, head: SSDHead, box_coder: SSDBoxCoder, loss: nn.Module,
                  anchor_spec: AnchorSpec, image_mean: Sequence[float], image_std: Sequence[float],
                  score_threshold: float, nms_threshold: float, detections_per_image: int,
-                 candidates_per_class: int):
+                 candidates_per_class: int, nms_method: str = "auto"):
         super().__init__()
         self.features = features
         self.head = head
@@ -122,6 +126,9 @@ class SSD(nn.Module):
         self.nms_threshold = nms_threshold
         self.detections_per_image = detections_per_image
         self.candidates_per_class = candidates_per_class
+        if nms_method not in NMS_METHODS:
+            raise ValueError(f"nms_method={nms_method!r}: must be one of {', '.join(NMS_METHODS)}")
+        self.nms_method = nms_method
 
     def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Resizes each image to the square input and normalises: float [B, 3, S, S]."""
@@ -153,31 +160,30 @@ class SSD(nn.Module):
     @torch.no_grad()
     def postprocess(self, loc: torch.Tensor, cls: torch.Tensor,
                     image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
-        """Softmax, the best `candidates_per_class` anchors per class above the score threshold, one
-        batched NMS over all images and classes, then the top `detections_per_image` per image."""
+        """Softmax, each class's best `candidates_per_class` anchors above the score threshold, NMS for all
+        images and classes at once, then each image's best `detections_per_image`. One host read."""
         batch, num_anchors, num_classes = cls.shape
         scores = F.softmax(cls.float(), dim=-1)[..., 1:].transpose(1, 2)  # [B, C-1, A]
-        boxes = self.box_coder.decode(loc.float())  # [B, A, 4]
-        top_scores, top_anchors = scores.topk(min(self.candidates_per_class, num_anchors), dim=-1)
-        keep = top_scores > self.score_threshold
-        image_index, class_index, _ = keep.nonzero(as_tuple=True)
-        candidate_boxes = clip_boxes_to_image(boxes[image_index, top_anchors[keep]], (self.image_size,) * 2)
-        candidate_scores = top_scores[keep]
-        kept = batched_nms(candidate_boxes, candidate_scores, image_index * num_classes + class_index,
-                           self.nms_threshold)
-        detections = []
-        for index, (height, width) in enumerate(image_sizes):
-            mine = kept[image_index[kept] == index][: self.detections_per_image]
-            scale = loc.new_tensor([width / self.image_size, height / self.image_size] * 2).float()
-            detections.append({"boxes": candidate_boxes[mine] * scale, "labels": class_index[mine] + 1,
-                               "scores": candidate_scores[mine]})
-        return detections
+        boxes = clip_boxes_to_image(self.box_coder.decode(loc.float()), (self.image_size,) * 2)  # [B, A, 4]
+        top_scores, top_anchors = scores.topk(min(self.candidates_per_class, num_anchors), dim=-1)  # best first
+        candidates = boxes.gather(1, top_anchors.flatten(1)[..., None].expand(-1, -1, 4))
+        candidates = candidates.view(*top_scores.shape, 4)  # [B, C-1, K, 4]
+        nms = dense_nms if self.dense_nms(loc.device) else compacted_nms
+        keep = nms(candidates.flatten(0, 1), top_scores.flatten(0, 1), top_scores.flatten(0, 1) > self.score_threshold,
+                   self.nms_threshold).view_as(top_scores)
+        scale = loc.new_tensor([[width / self.image_size, height / self.image_size] * 2
+                                for height, width in image_sizes]).float()
+        return best_detections(candidates * scale[:, None, None], top_scores, keep, self.detections_per_image)
+
+    def dense_nms(self, device: torch.device) -> bool:
+        """Whether NMS runs as `dense_nms` (no host reads) rather than `compacted_nms` (one)."""
+        return self.nms_method == "dense" or (self.nms_method == "auto" and device.type != "cpu")
 
 
 def build_ssd(*, backbone: SSDTrunk, anchors: AnchorSpec, class_names: Sequence[str], loss: nn.Module,
               iou_threshold: float = 0.5, variances: Sequence[float] = (0.1, 0.2),
               score_threshold: float = 0.05, nms_threshold: float = 0.45, detections_per_image: int = 200,
-              candidates_per_class: int = 400) -> SSD:
+              candidates_per_class: int = 400, nms_method: str = "auto") -> SSD:
     """An SSD whose extra layers, anchors and head are derived from the trunk and a dry run.
 
     Args:
@@ -185,6 +191,8 @@ def build_ssd(*, backbone: SSDTrunk, anchors: AnchorSpec, class_names: Sequence[
         anchors: the anchor layout; its configured feature-map sizes must match the dry run.
         class_names: the foreground classes; label k is class_names[k - 1], 0 is background.
         loss: called as loss(loc_preds, cls_logits, loc_targets, cls_targets) -> dict of losses.
+        nms_method: 'dense' (no host reads; the default on accelerators), 'compacted' (torchvision's
+            kernel; the default on the CPU) or 'auto'. Both give the same detections.
     """
     with torch.no_grad():
         _, stride16_map = backbone.eval()(torch.zeros(1, 3, anchors.image_size, anchors.image_size))
@@ -200,4 +208,4 @@ def build_ssd(*, backbone: SSDTrunk, anchors: AnchorSpec, class_names: Sequence[
     return SSD(features=features, head=head, box_coder=box_coder, loss=loss, anchor_spec=spec,
                image_mean=backbone.image_mean, image_std=backbone.image_std, score_threshold=score_threshold,
                nms_threshold=nms_threshold, detections_per_image=detections_per_image,
-               candidates_per_class=candidates_per_class)
+               candidates_per_class=candidates_per_class, nms_method=nms_method)

@@ -1,0 +1,144 @@
+"""What the training loop calls around its steps: metrics, debug images, validation, checkpoints. `fit`
+calls each hook's methods in list order, the checkpoints last; a new duty is a new Hook."""
+
+import logging
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from detection.engine.artifacts import DebugArtifacts
+from detection.engine.checkpoint import CheckpointKeeper
+from detection.engine.distributed import gather_to_all
+from detection.engine.inference import evaluate
+from detection.engine.precision import FP32, Precision
+from detection.engine.state import TrainingState
+from detection.engine.step import StepOutcome
+from detection.evaluation import DetectionEvaluator, validation_metrics
+from detection.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+class Hook:
+    """Does nothing; a hook overrides what it needs. `batch` is (images, targets, skipped samples)."""
+
+    def before_epoch(self, state: TrainingState, progress_bar) -> None:
+        pass
+
+    def after_step(self, state: TrainingState, outcome: StepOutcome, batch: tuple) -> None:
+        pass
+
+    def after_epoch(self, state: TrainingState) -> None:
+        pass
+
+
+class MetricLogger(Hook):
+    """Every `every` steps: `train/<loss>` and `train/loss` averaged over the steps since the last log
+    (summed on the device, read back once), `train/lr` and `train/images_per_s`; the non-finite losses as
+    they come; each epoch's unreadable samples (`train/skipped_samples`)."""
+
+    def __init__(self, tracker: Tracker, *, every: int):
+        self.tracker = tracker
+        self.every = every
+        self.progress_bar = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps, self.images, self.started = 0, 0, time.perf_counter()
+
+    def before_epoch(self, state: TrainingState, progress_bar) -> None:
+        self.progress_bar, self.skipped = progress_bar, 0
+        self.images, self.started = 0, time.perf_counter()  # the throughput leaves validation out
+
+    def after_step(self, state: TrainingState, outcome: StepOutcome, batch: tuple) -> None:
+        self.skipped += batch[2]
+        if outcome.nonfinite:
+            log.warning("non-finite loss at step %d (%d in a row): step skipped", state.step, state.nonfinite_in_row)
+            self.tracker.log_metrics({"train/nonfinite_in_row": state.nonfinite_in_row}, step=state.step)
+        if not outcome.applied:
+            return
+        for name, value in outcome.losses.items():
+            self.sums[name] = self.sums.get(name, 0) + value.float()
+        self.steps += 1
+        self.images += outcome.images
+        if state.step % self.every == 0:
+            self._log(state)
+
+    def _log(self, state: TrainingState) -> None:
+        names = list(self.sums)
+        means = [value / self.steps for value in torch.stack([self.sums[n] for n in names]).to("cpu", copy=True).tolist()]
+        images_per_s = self.images / (time.perf_counter() - self.started)
+        scalars = {"train/loss": sum(means), **{f"train/{name}": mean for name, mean in zip(names, means)},
+                   "train/lr": state.train_step.optimizer.param_groups[0]["lr"], "train/images_per_s": images_per_s}
+        self.tracker.log_metrics(scalars, step=state.step)
+        if self.progress_bar is not None:
+            self.progress_bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{images_per_s:.1f}")
+        self._reset()
+
+    def after_epoch(self, state: TrainingState) -> None:
+        skipped = sum(gather_to_all([self.skipped]))
+        if skipped:
+            log.warning("epoch %d skipped %d unreadable samples (dataset.on_bad_sample=skip)", state.epoch, skipped)
+            self.tracker.log_metrics({"train/skipped_samples": skipped}, step=state.step)
+
+
+class DebugImages(Hook):
+    """Every `artifacts.every` steps, the batch's first image drawn with its targets and predictions."""
+
+    def __init__(self, artifacts: DebugArtifacts):
+        self.artifacts = artifacts
+
+    def after_step(self, state: TrainingState, outcome: StepOutcome, batch: tuple) -> None:
+        images, targets, _ = batch
+        if outcome.applied and images:
+            self.artifacts.training_step(state.train_step.model, state.step, images[0], targets[0])
+
+
+class Validation(Hook):
+    """After each epoch: the model over `loader`, its metrics logged (`val/...`, see validation_metrics)
+    and recorded in the state, and (with `artifacts`) a drawn validation image and the PR curves."""
+
+    def __init__(self, loader: Iterable, evaluator: DetectionEvaluator, tracker: Tracker, *, device: torch.device,
+                 precision: Precision = FP32, progress: bool = True, artifacts: Optional[DebugArtifacts] = None):
+        self.loader, self.evaluator, self.tracker = loader, evaluator, tracker
+        self.device, self.precision, self.progress, self.artifacts = device, precision, progress, artifacts
+
+    def after_epoch(self, state: TrainingState) -> None:
+        model = state.train_step.model
+        metrics = validation_metrics(evaluate(model, self.loader, self.evaluator, device=self.device,
+                                              precision=self.precision, progress=self.progress))
+        self.tracker.log_metrics({**metrics, "epoch": state.epoch}, step=state.step)
+        if self.artifacts is not None:
+            self.artifacts.validation(model, state.step, self.loader.dataset[0], self.evaluator, metrics)
+        log.info("epoch %d: val/map %.4f", state.epoch, metrics["val/map"])
+        state.validated(metrics)
+
+
+class Checkpoints(Hook):
+    """Checkpoints every `every` steps (when set) and at each epoch end (`best.pt` too when val/map
+    improved), through a CheckpointKeeper; only the main rank writes."""
+
+    def __init__(self, folder: Path, *, every: Optional[int] = None, keep_last: int = 3, is_main: bool = True):
+        self.keeper = CheckpointKeeper(folder, keep_last=keep_last)
+        self.every = every
+        self.is_main = is_main
+
+    @property
+    def last(self) -> Path:
+        return self.keeper.last
+
+    def save(self, state: TrainingState, *, is_best: bool = False) -> Path:
+        """Writes the state's checkpoint; returns its path (on other ranks, where last.pt will be)."""
+        if not self.is_main:
+            return self.keeper.last
+        return self.keeper.save(state.checkpoint(), step=state.step, is_best=is_best)
+
+    def after_step(self, state: TrainingState, outcome: StepOutcome, batch: tuple) -> None:
+        if self.every and outcome.applied and not outcome.stop and state.step % self.every == 0:
+            self.save(state)
+
+    def after_epoch(self, state: TrainingState) -> None:
+        self.save(state, is_best=state.improved)
