@@ -19,9 +19,8 @@ from detection.engine.checkpoint import load_checkpoint
 from detection.engine.distributed import init_distributed, shutdown_distributed
 from detection.engine.device import resolve_device
 from detection.engine.inference import evaluate
-from detection.evaluation import DetectionEvaluator, validation_metrics
-from detection.tracking import experiment_label
-from edge import build_model, build_tracker
+from detection.evaluation import DetectionEvaluator, class_aps, validation_metrics
+from edge import build_model, build_tracker, label_of
 from schema import SettingsError, check_evaluate
 
 log = logging.getLogger(__name__)
@@ -29,12 +28,12 @@ log = logging.getLogger(__name__)
 
 def per_class_table(metrics: dict[str, float], classes: list[str]) -> str:
     """AP per class and their means: VOC07 11-point and VOC area at IoU 0.5, COCO at IoU 0.5:0.95."""
-    columns = (("VOC07 AP50", "val/ap/{}", "val/map"), ("VOC AP50", "val/voc_ap/{}", "val/voc_map"),
-               ("COCO AP", "val/coco_ap/{}", "val/coco_map"))
-    lines = [f"{'class':<20}" + "".join(f"{title:>12}" for title, _, _ in columns)]
-    for name in classes:
-        lines.append(f"{name:<20}" + "".join(f"{metrics.get(key.format(name), float('nan')):>12.4f}" for _, key, _ in columns))
-    lines.append(f"{'mean':<20}" + "".join(f"{metrics.get(mean, float('nan')):>12.4f}" for _, _, mean in columns))
+    columns = (("VOC07 AP50", ""), ("VOC AP50", "voc_"), ("COCO AP", "coco_"))
+    aps = [class_aps(metrics, classes, measure) for _, measure in columns]
+    lines = [f"{'class':<20}" + "".join(f"{title:>12}" for title, _ in columns)]
+    lines += [f"{name:<20}" + "".join(f"{column[name]:>12.4f}" for column in aps) for name in classes]
+    lines.append(f"{'mean':<20}" + "".join(f"{metrics.get(f'val/{measure}map', float('nan')):>12.4f}"
+                                          for _, measure in columns))
     return "\n".join(lines)
 
 
@@ -62,7 +61,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     print(per_class_table(metrics, list(dataset.classes)))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    tracker = build_tracker(cfg.tracking, experiment_name=experiment_label(trained),
+    tracker = build_tracker(cfg.tracking, experiment_name=label_of(trained, checkpoint.get("choices", {})),
                             run_name=f"evaluate {Path(cfg.ckpt_path).name}")
     tracker.start(params={"ckpt_path": str(cfg.ckpt_path), "dataset.name": dataset.name},
                   tags={"job": "evaluate"})

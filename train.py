@@ -39,7 +39,6 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     from detection.engine.state import TrainingState
     from detection.engine.step import TrainStep, prepare_network
     from detection.evaluation import DetectionEvaluator
-    from detection.tracking import experiment_label
 
     edge.export_submitit_ranks()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -89,7 +88,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
                                       device=device, precision=precision, progress=settings.progress,
                                       artifacts=artifacts)]
         log.info("run directory %s; training %s on %s (rank %d of %d); ready %.1f s after the command", run_dir,
-                 experiment_label(cfg), device, context.rank, context.world_size, edge.uptime())
+                 edge.label_of(cfg, edge.group_choices()), device, context.rank, context.world_size, edge.uptime())
         metrics = fit(state, train_loader, settings, hooks=run_hooks, checkpoints=hooks.Checkpoints(
             run_dir / "checkpoints", every=settings.checkpoint_every, keep_last=settings.keep_last,
             is_main=context.is_main))

@@ -1,6 +1,5 @@
-"""Experiment tracking: the one module that imports mlflow. The loop only sees the `Tracker` protocol;
-Hydra calls `MlflowSweepCallback` by its callback protocol (this module imports neither Hydra nor OmegaConf:
-it reads the composed config as the mapping it is)."""
+"""Experiment tracking: the one module that imports mlflow. The loop only sees the `Tracker` protocol; a
+sweep's parent run is made and ended by plain functions that edge.py's Hydra callback calls."""
 
 import atexit
 import json
@@ -71,13 +70,10 @@ def opened_store(uri: str) -> Iterator[None]:
             raise StoreUnreachable(f"cannot reach the MLflow tracking store at {uri}: {error}") from error
 
 
-def experiment_label(cfg: Any, choices: Optional[Mapping[str, str]] = None) -> str:
-    """'<model><input size>_<backbone>_<dataset>', e.g. 'ssd512_resnet50_shapes'; `choices` replaces the
-    backbone or dataset part (a sweep's 'vgg16+resnet50')."""
-    choices = choices or {}
-    model = cfg.model._target_.rsplit(".", 1)[-1].removeprefix("build_")
-    size = cfg.anchors.image_size if model == "ssd" else ""
-    return f"{model}{size}_{choices.get('backbone', cfg.backbone.arch)}_{choices.get('dataset', cfg.dataset.name)}"
+def experiment_label(model: str, backbone: str, dataset: str, image_size: Optional[int] = None) -> str:
+    """'<model><input size>_<backbone>_<dataset>', e.g. 'ssd512_resnet50_shapes' (no size for a model that
+    takes images as they come, 'maskrcnn_resnet50_voc')."""
+    return f"{model}{image_size or ''}_{backbone}_{dataset}"
 
 
 class Tracker(Protocol):
@@ -287,71 +283,37 @@ def _param_value(value: Any) -> str:
     return text
 
 
-class MlflowSweepCallback:
-    """Makes a Hydra multirun one parent MLflow run with a child run per job (`conf/train.yaml`,
-    hydra.callbacks). The parent is created when the sweep starts, in the experiment its jobs will use, and
-    its id is written to <sweep dir>/mlflow_sweep.json, where every job (in this process or in a
-    launcher's) finds it. The parent ends FINISHED, or FAILED when the sweep ends on a failed job (Hydra
-    runs every job of the batch first). Nothing happens with `tracking=none`.
+def start_parent_run(uri: Optional[str], *, experiment_name: str, run_name: str, tags: Mapping[str, str]) -> str:
+    """Creates the parent run of a sweep (its jobs' runs become its children) in `experiment_name` at
+    `uri` (None: the default store); returns its id."""
+    from mlflow import MlflowClient
 
-    Hydra calls each of its six hooks on every callback; the four this one does not need do nothing."""
+    uri = uri or DEFAULT_URI
+    client = MlflowClient(uri)
+    with opened_store(uri):
+        experiment = client.get_experiment_by_name(experiment_name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
+    log.info("MLflow sweep run %s in experiment %r at %s", run_id, experiment_name, uri)
+    return run_id
 
-    def __init__(self):
-        self._client = None
-        self._parent: Optional[str] = None
 
-    def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        pass
+def end_parent_run(uri: Optional[str], run_id: str, status: str, artifact: Optional[Path] = None) -> None:
+    """Ends a sweep's parent run with `status`, first logging `artifact` (a file) to it when given."""
+    from mlflow import MlflowClient
 
-    def on_run_end(self, config: Any, **kwargs: Any) -> None:
-        pass
+    client = MlflowClient(uri or DEFAULT_URI)
+    if artifact is not None:
+        client.log_artifact(run_id, str(artifact))
+    client.set_terminated(run_id, status)
 
-    def on_job_start(self, config: Any, **kwargs: Any) -> None:
-        pass
 
-    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
-        pass
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        from mlflow import MlflowClient
-
-        tracking = config.tracking
-        if tracking.get("_target_") != f"{__name__}.MlflowTracker":
-            return
-        uri = tracking.get("uri") or DEFAULT_URI
-        overrides = list(config.hydra.overrides.task)
-        swept = {key: value for key, value in (o.split("=", 1) for o in overrides if "=" in o) if "," in value}
-        swept_keys = [*swept, *(config.hydra.sweeper.get("params") or {})]  # and an Optuna search space
-        choices = {key: value.replace(",", "+") for key, value in swept.items() if key in ("backbone", "dataset")}
-        experiment_name = tracking.get("experiment_name") or experiment_label(config, choices)
-        self._client = MlflowClient(uri)
-        with opened_store(uri):
-            experiment = self._client.get_experiment_by_name(experiment_name)
-            experiment_id = experiment.experiment_id if experiment else self._client.create_experiment(experiment_name)
-        sweeper = config.hydra.sweeper.get("_target_", "")
-        swept_overrides = [o for o in overrides if o.split("=", 1)[0] in swept_keys] or swept_keys
-        run = self._client.create_run(experiment_id, run_name=tracking.get("run_name") or " ".join(["sweep", *swept_overrides]),
-                                      tags={"sweep": "parent", "overrides": " ".join(overrides), "sweeper": sweeper,
-                                            "swept": " ".join(swept_keys)})
-        self._parent = run.info.run_id
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self._parent, "experiment_name": experiment_name,
-                                                        "swept": swept_keys}))
-        atexit.register(self._end, "FAILED")  # the sweep raised before on_multirun_end
-        log.info("MLflow sweep run %s in experiment %r at %s", self._parent, experiment_name, uri)
-
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        """Ends the parent FINISHED, with an Optuna search's best parameters and value as its artifact."""
-        results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"
-        if self._parent is not None and results.is_file():
-            self._client.log_artifact(self._parent, str(results))
-        self._end("FINISHED")
-
-    def _end(self, status: str) -> None:
-        if self._parent is not None:
-            self._client.set_terminated(self._parent, status)
-            self._parent = None
+def write_sweep_parent(sweep_dir: Path, run_id: str, experiment_name: str, swept: list[str]) -> None:
+    """Records the sweep's parent run in `sweep_dir`, where every job (in this process or a launcher's)
+    finds it with `sweep_parent`."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": run_id, "experiment_name": experiment_name,
+                                                    "swept": swept}))
 
 
 def sweep_parent(sweep_dir: Path) -> Optional[dict[str, str]]:

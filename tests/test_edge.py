@@ -113,3 +113,11 @@ def test_a_stop_by_signal_ends_the_run_killed_and_exits_128_plus_the_signal(tmp_
     with pytest.raises(SystemExit) as exit_info, edge.ended_with_status(tracker):
         raise TrainingInterrupted(signal.SIGTERM, tmp_path / "last.pt")
     assert exit_info.value.code == 128 + signal.SIGTERM and tracker.ended == ["KILLED"]
+
+
+def test_the_experiment_label_comes_from_plain_values_of_the_config_and_its_choices(compose_train):
+    cfg = compose_train("backbone=resnet18", "anchors=shapes128")
+    assert edge.label_of(cfg, {"model": "ssd"}) == "ssd128_resnet18_shapes"
+    assert edge.label_of(cfg, {"model": "ssd", "sweep_backbone": "vgg16+resnet50"}) == "ssd128_vgg16+resnet50_shapes"
+    maskrcnn = compose_train("model=maskrcnn", "backbone=resnet50")
+    assert edge.label_of(maskrcnn, {"model": "maskrcnn"}) == "maskrcnn_resnet50_shapes"

@@ -53,11 +53,10 @@ def test_the_counter_sees_each_kind_of_host_read():
 
 
 
-@pytest.mark.parametrize(("nms_method", "budget"), [("dense", 1), ("compacted", 2)])
-def test_an_ssd_eval_call_reads_back_once(compose_train, nms_method, budget):
-    """The dense NMS (what runs on a GPU) leaves the call one read, the per-image counts; the CPU's
-    compacted NMS adds one (gathering the candidates), which costs nothing where there is no device."""
-    cfg = compose_train("anchors=shapes128", f"model.nms_method={nms_method}", *SMALL_SHAPES)
+def test_an_ssd_eval_call_reads_back_once(compose_train):
+    """With the dense NMS (what runs on a GPU) the call's one read is the per-image counts. (The CPU's
+    compacted NMS, torchvision's batched_nms, reads back freely: on a CPU there is no device to wait for.)"""
+    cfg = compose_train("anchors=shapes128", "model.nms_method=dense", *SMALL_SHAPES)
     model = instantiate(cfg.model).eval()
     with torch.no_grad():
         for conv in model.head.cls:  # distinct scores, all above the threshold: every candidate in play
@@ -65,5 +64,5 @@ def test_an_ssd_eval_call_reads_back_once(compose_train, nms_method, budget):
     images, _ = batch(8, 6)
     with torch.no_grad(), HostReads() as counter:
         detections = model(images)
-    assert len(counter.reads) == budget, counter.reads
+    assert counter.reads == ["aten._to_copy.default"]
     assert all(len(d["boxes"]) == model.detections_per_image for d in detections)

@@ -3,13 +3,14 @@
 Two exact greedy NMS implementations with one signature, chosen by device:
 - `dense_nms` (accelerators): IoU matrices of all (image, class) groups at once and a loop over the K
   candidate ranks that stays on the device; no host reads, fixed shapes.
-- `compacted_nms` (the CPU): the candidates above the score threshold gathered first (a read, which costs
-  nothing where there is no device to wait for), then one torchvision `nms` over boxes offset per group;
-  the dense loop's K steps cost more than torchvision's kernel on a CPU.
+- `compacted_nms` (the CPU): the candidates above the score threshold gathered first, then torchvision's
+  `batched_nms`, which on a CPU offsets the boxes per group for a few candidates and runs one NMS per
+  group for many (one NMS over all would compare every pair across groups). It reads back to the host,
+  which costs nothing where there is no device to wait for; the dense walk's K steps cost more there.
 """
 
 import torch
-from torchvision.ops import nms
+from torchvision.ops import batched_nms
 
 
 def dense_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -35,11 +36,10 @@ def dense_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, th
 
 
 def compacted_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, threshold: float) -> torch.Tensor:
-    """`dense_nms`'s result by torchvision's kernel over the valid candidates, the groups kept apart by
-    offsetting their boxes. One host read (the number of valid candidates)."""
+    """`dense_nms`'s result by torchvision's `batched_nms` over the valid candidates (for the CPU: it reads
+    back to the host)."""
     group, rank = valid.nonzero(as_tuple=True)
-    offset = (boxes.max() + 1) * group.to(boxes.dtype)
-    kept = nms(boxes[group, rank] + offset[:, None], scores[group, rank], threshold)
+    kept = batched_nms(boxes[group, rank], scores[group, rank], group, threshold)
     keep = torch.zeros_like(valid)
     keep[group[kept], rank[kept]] = True
     return keep
