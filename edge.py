@@ -3,7 +3,6 @@ run continues with, and the tracked run, started with its tags and ended with th
 ended. This module, `schema.py` and the entry points are the only code that knows Hydra's layout.
 """
 
-import atexit
 import logging
 import os
 import signal
@@ -18,7 +17,6 @@ from typing import Any, Iterator, Optional
 import psutil
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -29,8 +27,8 @@ from detection.engine.loop import TrainingInterrupted
 from detection.engine.precision import Precision
 from detection.engine.settings import SettingsError
 from detection.models.export import BatchedDetector
-from detection.tracking import (NullTracker, Tracker, end_parent_run, experiment_label, flatten, start_parent_run,
-                                sweep_parent, write_sweep_parent)
+from detection.tracking import NullTracker, Tracker, flatten, sweep_parent
+from sweep import label_of
 
 log = logging.getLogger(__name__)
 
@@ -162,56 +160,6 @@ def export_submitit_ranks() -> None:
 
         if submitit.JobEnvironment().num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-
-
-def label_of(cfg: DictConfig, choices: dict[str, Any]) -> str:
-    """The experiment label of a composed configuration (`ssd512_resnet50_shapes`): the model group's option,
-    the SSD's input size, the backbone and the dataset; `choices` (a sweep's) may replace the last two."""
-    return experiment_label(str(choices.get("model") or "model"),
-                            str(choices.get("sweep_backbone", cfg.backbone.arch)),
-                            str(choices.get("sweep_dataset", cfg.dataset.name)),
-                            OmegaConf.select(cfg, "model.anchors.image_size", default=None))
-
-
-class MlflowSweepCallback(Callback):
-    """Makes a Hydra multirun one parent MLflow run with a child run per job (`conf/train.yaml`,
-    hydra.callbacks). The parent is created when the sweep starts, in the experiment its jobs will use, and
-    recorded in the sweep folder, where every job (in this process or in a launcher's) finds it. It ends
-    FINISHED, with an Optuna search's best parameters as its artifact, or FAILED when the sweep ends on a
-    failed job (Hydra runs every job of the batch first). Nothing happens with `tracking=none`."""
-
-    def __init__(self):
-        self._uri: Optional[str] = None
-        self._parent: Optional[str] = None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        tracking = config.tracking
-        if tracking.get("_target_") != "detection.tracking.MlflowTracker":
-            return
-        overrides = list(config.hydra.overrides.task)
-        swept = {key: value for key, value in (o.split("=", 1) for o in overrides if "=" in o) if "," in value}
-        swept_keys = [*swept, *(config.hydra.sweeper.get("params") or {})]  # and an Optuna search space
-        choices = {**config.hydra.runtime.choices, **{f"sweep_{key}": value.replace(",", "+")
-                                                      for key, value in swept.items() if key in ("backbone", "dataset")}}
-        experiment_name = tracking.get("experiment_name") or label_of(config, choices)
-        swept_overrides = [o for o in overrides if o.split("=", 1)[0] in swept_keys] or swept_keys
-        self._uri = tracking.get("uri")
-        self._parent = start_parent_run(
-            self._uri, experiment_name=experiment_name,
-            run_name=tracking.get("run_name") or " ".join(["sweep", *swept_overrides]),
-            tags={"sweep": "parent", "overrides": " ".join(overrides), "swept": " ".join(swept_keys),
-                  "sweeper": config.hydra.sweeper.get("_target_", "")})
-        write_sweep_parent(Path(config.hydra.sweep.dir), self._parent, experiment_name, swept_keys)
-        atexit.register(self._end, "FAILED")  # the sweep raised before on_multirun_end
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"
-        self._end("FINISHED", results if results.is_file() else None)
-
-    def _end(self, status: str, artifact: Optional[Path] = None) -> None:
-        if self._parent is not None:
-            end_parent_run(self._uri, self._parent, status, artifact)
-            self._parent = None
 
 
 def build_tracker(tracking: DictConfig, *, experiment_name: str, run_name: str) -> Tracker:

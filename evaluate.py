@@ -20,7 +20,8 @@ from detection.engine.distributed import init_distributed, shutdown_distributed
 from detection.engine.device import resolve_device
 from detection.engine.inference import evaluate
 from detection.evaluation import DetectionEvaluator, class_aps, validation_metrics
-from edge import build_model, build_tracker, label_of
+from edge import build_model, build_tracker
+from sweep import label_of
 from schema import SettingsError, check_evaluate
 
 log = logging.getLogger(__name__)

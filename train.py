@@ -10,7 +10,7 @@ import logging
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from schema import SettingsError, check_train
 
@@ -28,6 +28,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     import edge
+    from sweep import label_of
     from detection.data.loader import build_loader
     from detection.data.samples import split_fingerprint
     from detection.engine import hooks
@@ -88,7 +89,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
                                       device=device, precision=precision, progress=settings.progress,
                                       artifacts=artifacts)]
         log.info("run directory %s; training %s on %s (rank %d of %d); ready %.1f s after the command", run_dir,
-                 edge.label_of(cfg, edge.group_choices()), device, context.rank, context.world_size, edge.uptime())
+                 label_of(cfg, edge.group_choices()), device, context.rank, context.world_size, edge.uptime())
         metrics = fit(state, train_loader, settings, hooks=run_hooks, checkpoints=hooks.Checkpoints(
             run_dir / "checkpoints", every=settings.checkpoint_every, keep_last=settings.keep_last,
             is_main=context.is_main))

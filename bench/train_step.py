@@ -58,7 +58,7 @@ def main():
                                  "step": lambda: step(images, targets)}, rounds=args.repeat)
         with HostReads() as reads:
             step(images, targets)
-        print(f"  {layout:<22}{size / best['network']:>14.1f}{size / best['step']:>12.1f}"
+        print(f"  {layout:<22}{size / best['network']:>14.2f}{size / best['step']:>12.2f}"
               f"{best['network'] / best['step']:>13.3f}x{len(reads.reads):>12}")
         if layout == "SSD300-VGG16":
             theirs, _ = prepare_network(torchvision.models.detection.ssd300_vgg16(
@@ -68,7 +68,7 @@ def main():
                                              "theirs": lambda: their_step(images, targets)}, rounds=args.repeat)
             with HostReads() as reads:
                 their_step(images, targets)
-            print(f"  {'torchvision ssd300':<22}{'':>14}{size / head_to_head['theirs']:>12.1f}{'':>14}"
+            print(f"  {'torchvision ssd300':<22}{'':>14}{size / head_to_head['theirs']:>12.2f}{'':>14}"
                   f"{len(reads.reads):>12}   ours {head_to_head['theirs'] / head_to_head['ours']:.2f}x its "
                   f"throughput")
 

@@ -1,7 +1,6 @@
 """Experiment tracking: the one module that imports mlflow. The loop only sees the `Tracker` protocol; a
 sweep's parent run is made and ended by plain functions that edge.py's Hydra callback calls."""
 
-import atexit
 import json
 import logging
 import os

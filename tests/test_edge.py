@@ -8,6 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import edge
+from sweep import label_of
 from detection.engine.loop import TrainingInterrupted
 from detection.engine.settings import SettingsError
 
@@ -117,7 +118,7 @@ def test_a_stop_by_signal_ends_the_run_killed_and_exits_128_plus_the_signal(tmp_
 
 def test_the_experiment_label_comes_from_plain_values_of_the_config_and_its_choices(compose_train):
     cfg = compose_train("backbone=resnet18", "anchors=shapes128")
-    assert edge.label_of(cfg, {"model": "ssd"}) == "ssd128_resnet18_shapes"
-    assert edge.label_of(cfg, {"model": "ssd", "sweep_backbone": "vgg16+resnet50"}) == "ssd128_vgg16+resnet50_shapes"
+    assert label_of(cfg, {"model": "ssd"}) == "ssd128_resnet18_shapes"
+    assert label_of(cfg, {"model": "ssd", "sweep_backbone": "vgg16+resnet50"}) == "ssd128_vgg16+resnet50_shapes"
     maskrcnn = compose_train("model=maskrcnn", "backbone=resnet50")
-    assert edge.label_of(maskrcnn, {"model": "maskrcnn"}) == "maskrcnn_resnet50_shapes"
+    assert label_of(maskrcnn, {"model": "maskrcnn"}) == "maskrcnn_resnet50_shapes"
