@@ -1,6 +1,7 @@
 """Where a training run stands, and what its checkpoints hold: written and read here only."""
 
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 from detection.engine.checkpoint import rng_state, set_rng_state
@@ -47,7 +48,7 @@ class TrainingState:
         self.best_map, self.metrics = checkpoint["best_map"], checkpoint["metrics"]
         set_rng_state(checkpoint["rng"])
 
-    def count(self, outcome: StepOutcome, *, max_nonfinite_in_row: int, last_checkpoint: str) -> None:
+    def count(self, outcome: StepOutcome, *, max_nonfinite_in_row: int, last_checkpoint: Path) -> None:
         """Advances by one batch; raises NonFiniteLossError after too many non-finite losses in a row."""
         self.batches_done += 1
         if outcome.applied:

@@ -17,7 +17,8 @@ def dense_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, th
     """Greedy NMS within each group, all groups at once, without host reads.
 
     Args:
-        boxes: float [G, K, 4] xyxy; scores: float [G, K], each row best first; valid: bool [G, K], the
+        boxes: float [G, K, 4] xyxy, each row in descending score order; scores: float [G, K] (not read:
+            the order says it all; taken so both methods share one signature); valid: bool [G, K], the
             candidates taking part (a prefix of each row).
     Returns:
         bool [G, K], the candidates kept: a box is dropped when a kept box before it overlaps it by IoU >
