@@ -1,8 +1,10 @@
 """The edge every entry point shares: the model from a config or a checkpoint, the configuration a resumed
-run continues with, and the tracked run, started with its tags and ended with the status of how the work
-ended. This module, `schema.py` and the entry points are the only code that knows Hydra's layout.
+run continues with, the job's place among its ranks, the tracked run (started with its tags, ended with
+the status of how the work ended), and the training run's pieces assembled from the config. This module,
+`schema.py`, `sweep.py` and the entry points are the only code that knows Hydra's layout.
 """
 
+import copy
 import logging
 import os
 import signal
@@ -10,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -19,13 +22,18 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from detection.data.loader import TrainingLoader, build_loader
+from detection.engine import hooks
 from detection.engine.artifacts import DebugArtifacts
-from detection.engine.checkpoint import load_checkpoint
+from detection.engine.checkpoint import RunLock, load_checkpoint, seed_everything
+from detection.engine.device import resolve_device
+from detection.engine.distributed import DistributedContext, init_distributed, shutdown_distributed
 from detection.engine.loop import TrainingInterrupted
-from detection.engine.precision import Precision
-from detection.engine.settings import SettingsError
+from detection.engine.precision import Precision, choose_precision
+from detection.engine.settings import SettingsError, TrainerSettings
+from detection.evaluation import DetectionEvaluator
 from detection.models.export import BatchedDetector
 from detection.tracking import NullTracker, Tracker, flatten, sweep_parent
 from sweep import label_of
@@ -44,14 +52,26 @@ ALWAYS_FROM_COMMAND_LINE = ("ckpt_path", "hydra")
 
 
 def build_model(cfg: DictConfig, *, pretrained: bool = True) -> torch.nn.Module:
-    """The model of a composed config; `pretrained=False` skips loading weights (they will come from a
-    checkpoint), so that rebuilding a run never needs the original weight files."""
-    if not pretrained:
-        cfg = cfg.copy()
-        cfg.backbone.weights = None
-        if "weights" in cfg.model:
-            cfg.model.weights = None
-    return instantiate(cfg.model)
+    """The model of a composed config (its `name` is the label's, not the constructor's); `pretrained=False`
+    skips loading weights (they will come from a checkpoint), so that rebuilding a run never needs the
+    original weight files."""
+    model = copy.deepcopy(cfg).model  # the whole config: the model's nodes interpolate its other groups
+    with open_dict(model):
+        del model["name"]
+        for node in (model, model.backbone):
+            if not pretrained and "weights" in node:
+                node.weights = None
+    return instantiate(model)
+
+
+def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, DictConfig, dict[str, Any]]:
+    """The model a training checkpoint holds, rebuilt from its stored configuration with its weights (on the
+    CPU, in train mode as built); returns (model, the run's resolved configuration, the checkpoint)."""
+    checkpoint = load_checkpoint(path)
+    trained = OmegaConf.create(checkpoint["config"])
+    model = build_model(trained, pretrained=False)
+    model.load_state_dict(checkpoint["model"])
+    return model, trained, checkpoint
 
 
 def plain(value: Any) -> Any:
@@ -59,9 +79,18 @@ def plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def continued_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> tuple[DictConfig, Optional[dict]]:
+def run_dir() -> Path:
+    """This job's output folder (Hydra's run directory)."""
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def continued_run(cfg: DictConfig, run_dir: Path, overrides: Optional[list[str]] = None
+                  ) -> tuple[DictConfig, Optional[dict]]:
     """The configuration and checkpoint this invocation continues: `ckpt_path`'s, or this run folder's own
-    last.pt when it has one (a requeued SLURM job starts again in its folder); (cfg, None) for a new run."""
+    last.pt when it has one (a requeued SLURM job starts again in its folder); (cfg, None) for a new run.
+    `overrides`: the command line's (Hydra's task overrides when not given)."""
+    if overrides is None:
+        overrides = list(HydraConfig.get().overrides.task)
     own = run_dir / "checkpoints" / "last.pt"
     if not cfg.ckpt_path and not own.is_file():
         return cfg, None
@@ -160,6 +189,75 @@ def export_submitit_ranks() -> None:
 
         if submitit.JobEnvironment().num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Where this process works: its place among the job's ranks, its device and the precision chosen there."""
+
+    context: DistributedContext
+    device: torch.device
+    precision: Precision
+
+    @property
+    def is_main(self) -> bool:
+        return self.context.is_main
+
+    def tags(self) -> dict[str, str]:
+        return {"device": str(self.device), "world_size": str(self.context.world_size),
+                "precision": self.precision.name, "precision_reason": self.precision.reason}
+
+
+def start_job(settings: TrainerSettings, seed: int) -> Job:
+    """This process joined to its job's ranks (torchrun, or submitit's tasks), on its device, with its
+    precision chosen (and said in the log) and its random generators seeded with seed + rank."""
+    export_submitit_ranks()
+    context, device = init_distributed(resolve_device(settings.device))
+    precision = choose_precision(device, settings.amp)
+    log.info("precision: %s (%s)", precision.name, precision.reason)
+    seed_everything(seed + context.rank)
+    return Job(context, device, precision)
+
+
+def open_training_run(held: ExitStack, cfg: DictConfig, job: Job, run_dir: Path, checkpoint: Optional[dict],
+                      data_fingerprint: str) -> Tracker:
+    """Opens the run within `held`: its folders locked (one writer: this run's checkpoints/ and the one it
+    continues), the data of a resumed run checked, the tracker started (ended with the run's status) and
+    the process group left as the block ends. Returns the tracker."""
+    if job.is_main:
+        for folder in checkpoint_folders(run_dir, cfg.ckpt_path):
+            held.enter_context(RunLock(folder))
+    if checkpoint is not None:
+        check_same_data(cfg, checkpoint, data_fingerprint)
+    tracker = held.enter_context(ended_with_status(start_tracking(
+        cfg, is_main=job.is_main, tags=job.tags(), run_id=checkpoint.get("tracking_run_id") if checkpoint else None)))
+    held.callback(shutdown_distributed)
+    return tracker
+
+
+def training_loaders(train_set, val_set, settings: TrainerSettings, job: Job, seed: int
+                     ) -> tuple[TrainingLoader, torch.utils.data.DataLoader]:
+    """This rank's shares of the training split (shuffled, augmented with the split's own transforms,
+    reseeded per item) and of the validation split."""
+    shard = {"rank": job.context.rank, "world_size": job.context.world_size, "seed": seed,
+             "batch_size": settings.batch_size, "num_workers": settings.num_workers}
+    return (build_loader(train_set, shuffle=True, limit=settings.limit_train_images, augmentation=train_set.transforms,
+                         **shard),
+            build_loader(val_set, shuffle=False, limit=settings.limit_val_images, **shard))
+
+
+def training_hooks(cfg: DictConfig, settings: TrainerSettings, job: Job, tracker: Tracker, run_dir: Path,
+                   val_loader) -> tuple[list[hooks.Hook], hooks.Checkpoints]:
+    """What happens around the steps: metrics, debug images and validation (in that order), and the
+    checkpoints (only the main rank writes them or draws)."""
+    artifacts = debug_artifacts(cfg, run_dir, tracker, job.precision, job.device) if job.is_main else None
+    validation = hooks.Validation(val_loader, DetectionEvaluator(class_names=list(cfg.dataset.classes)), tracker,
+                                  device=job.device, precision=job.precision, progress=settings.progress,
+                                  artifacts=artifacts)
+    return ([hooks.MetricLogger(tracker, every=settings.log_every), *([hooks.DebugImages(artifacts)] if artifacts else []),
+             validation],
+            hooks.Checkpoints(run_dir / "checkpoints", every=settings.checkpoint_every, keep_last=settings.keep_last,
+                              is_main=job.is_main))
 
 
 def build_tracker(tracking: DictConfig, *, experiment_name: str, run_name: str) -> Tracker:

@@ -10,18 +10,15 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from detection.data.loader import build_loader
-from detection.engine.checkpoint import load_checkpoint
 from detection.engine.distributed import init_distributed, shutdown_distributed
 from detection.engine.device import resolve_device
 from detection.engine.inference import evaluate
 from detection.evaluation import DetectionEvaluator, class_aps, validation_metrics
-from edge import build_model, build_tracker
-from sweep import label_of
+import edge
 from schema import SettingsError, check_evaluate
 
 log = logging.getLogger(__name__)
@@ -39,36 +36,31 @@ def per_class_table(metrics: dict[str, float], classes: list[str]) -> str:
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, float]:
-    checkpoint = load_checkpoint(Path(cfg.ckpt_path))
-    trained = OmegaConf.create(checkpoint["config"])
+    model, trained, checkpoint = edge.model_from_checkpoint(Path(cfg.ckpt_path))
     dataset = cfg.dataset if cfg.get("dataset") else trained.dataset
     if list(dataset.classes) != checkpoint["class_names"]:
         raise ValueError(f"{cfg.ckpt_path} was trained on classes {checkpoint['class_names']}, "
                          f"the dataset has {list(dataset.classes)}")
-    model = build_model(trained, pretrained=False)
-    model.load_state_dict(checkpoint["model"])
     context, device = init_distributed(resolve_device(cfg.device))
-    model.to(device)
     loader = build_loader(instantiate(dataset.val), batch_size=cfg.batch_size, shuffle=False,
                           num_workers=cfg.num_workers, seed=0, rank=context.rank, world_size=context.world_size)
     evaluator = DetectionEvaluator(class_names=list(dataset.classes))
     try:
-        metrics = validation_metrics(evaluate(model, loader, evaluator, device=device, progress=context.is_main))
+        metrics = validation_metrics(evaluate(model.to(device), loader, evaluator, device=device,
+                                              progress=context.is_main))
     finally:
         shutdown_distributed()
     if not context.is_main:
         return metrics
 
     print(per_class_table(metrics, list(dataset.classes)))
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    tracker = build_tracker(cfg.tracking, experiment_name=label_of(trained, checkpoint.get("choices", {})),
-                            run_name=f"evaluate {Path(cfg.ckpt_path).name}")
-    tracker.start(params={"ckpt_path": str(cfg.ckpt_path), "dataset.name": dataset.name},
-                  tags={"job": "evaluate"})
-    tracker.log_metrics(metrics, step=int(checkpoint["step"]))
-    tracker.log_artifact(run_dir / "metrics.json")
-    tracker.end("FINISHED")
+    (edge.run_dir() / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    tracker = edge.build_tracker(cfg.tracking, experiment_name=edge.label_of(trained, checkpoint.get("choices", {})),
+                                 run_name=f"evaluate {Path(cfg.ckpt_path).name}")
+    tracker.start(params={"ckpt_path": str(cfg.ckpt_path), "dataset.name": dataset.name}, tags={"job": "evaluate"})
+    with edge.ended_with_status(tracker):
+        tracker.log_metrics(metrics, step=int(checkpoint["step"]))
+        tracker.log_artifact(edge.run_dir() / "metrics.json")
     return metrics
 
 

@@ -6,6 +6,7 @@ Hydra refuses a misspelt key and a value of the wrong type at compose time. Hydr
 this module does not import torch, so a typo costs a second.
 """
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -15,14 +16,18 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from detection.engine.settings import SettingsError, TrainerSettings, check_at_least, check_seed
 
 
+MODEL_PARTS = ("backbone", "anchors", "fpn")  # groups a model config composes and interpolates
+
+
 @dataclass
 class TrainConfig:
     """Top-level keys of `train.yaml`: one node per config group (each checked by what it builds), the
     loop's settings, the seed and the checkpoint to resume."""
 
     model: Any = MISSING
-    backbone: Any = MISSING
-    anchors: Any = None
+    backbone: Any = None   # the SSD's trunk, composed by model/ssd.yaml
+    anchors: Any = None    # the SSD's anchor layout, likewise
+    fpn: Any = None        # Mask R-CNN's trunk, composed by model/maskrcnn.yaml
     dataset: Any = MISSING
     augment: Any = MISSING
     optimizer: Any = MISSING
@@ -59,7 +64,18 @@ def check_train(cfg: DictConfig) -> TrainerSettings:
     if unknown:
         raise SettingsError(f"unknown top-level key(s) {unknown}; known: {known}")
     check_seed(cfg.seed)
+    check_model_parts(cfg)
     return TrainerSettings.from_mapping(OmegaConf.to_container(cfg.trainer, resolve=True))
+
+
+def check_model_parts(cfg: DictConfig) -> None:
+    """Refuses a model part (backbone, anchors, fpn) composed where the model does not use it: added with
+    `+backbone=vgg16` under model=maskrcnn, which Hydra suggests when the plain override is refused."""
+    used = set(re.findall(r"\$\{(\w+)\}", str(OmegaConf.to_container(cfg.model))))
+    for part in MODEL_PARTS:
+        if cfg.get(part) is not None and part not in used:
+            raise SettingsError(f"{part} is set but model={cfg.model.get('name')} does not use it; its parts: "
+                                f"{sorted(used & set(MODEL_PARTS))}")
 
 
 def check_evaluate(cfg: DictConfig) -> None:

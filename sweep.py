@@ -7,18 +7,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from detection.tracking import end_parent_run, experiment_label, start_parent_run, write_sweep_parent
 
 
 def label_of(cfg: DictConfig, choices: dict[str, Any]) -> str:
-    """The experiment label of a composed configuration (`ssd512_resnet50_shapes`): the model group's option,
-    the SSD's input size, the backbone and the dataset; `choices` (a sweep's) may replace the last two."""
-    return experiment_label(str(choices.get("model") or "model"),
-                            str(choices.get("sweep_backbone", cfg.backbone.arch)),
-                            str(choices.get("sweep_dataset", cfg.dataset.name)),
-                            OmegaConf.select(cfg, "model.anchors.image_size", default=None))
+    """The experiment label of a composed configuration (`ssd512_resnet50_shapes`): the model's name, its
+    trunk's arch and the dataset's name; `choices` (a sweep's) may replace the last two."""
+    return experiment_label(cfg.model.name, str(choices.get("sweep_backbone", cfg.model.backbone.arch)),
+                            str(choices.get("sweep_dataset", cfg.dataset.name)))
 
 
 class MlflowSweepCallback(Callback):

@@ -5,9 +5,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import edge
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 import schema  # noqa: F401  (registers the configs' typed schemas, as the entry points do)
 
@@ -24,7 +24,7 @@ def compose_config(*overrides: str):
 def build_model(*overrides: str, class_names=VOC_CLASSES) -> torch.nn.Module:
     cfg = compose_config(*overrides)
     cfg.dataset.classes = class_names
-    return instantiate(cfg.model)
+    return edge.build_model(cfg)
 
 
 def batch(size: int, image_size: int, *, seed: int = 0, objects: int = 3):

@@ -15,13 +15,12 @@ import argparse
 import torch
 import torchvision
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from common import (LAYOUTS, REPO, add_device_arguments, batch, best_interleaved, build_model, device, device_name,
                     image_size)
-from detection.engine.checkpoint import load_checkpoint
 from detection.engine.host_reads import HostReads
 from detection.engine.step import prepare_network
+import edge
 
 
 def measure(name: str, model: torch.nn.Module, images: list[torch.Tensor], autocast, rounds: int,
@@ -46,16 +45,6 @@ def measure(name: str, model: torch.nn.Module, images: list[torch.Tensor], autoc
     network_ms = f"{best['network'] * 1000:10.1f}" if network else f"{'':>10}"
     ratio = f"{best['call'] / best['network']:10.3f}x" if network else f"{'':>11}"
     print(f"  {name:<30}{network_ms}{best['call'] * 1000:10.1f}{ratio}{len(reads.reads):>7}{per_image:>8.0f}")
-
-
-def trained_model(path):
-    """The model of a checkpoint, rebuilt from the configuration stored in it."""
-    checkpoint = load_checkpoint(path)
-    cfg = OmegaConf.create(checkpoint["config"])
-    cfg.backbone.weights = None
-    model = instantiate(cfg.model)
-    model.load_state_dict(checkpoint["model"])
-    return model, cfg
 
 
 def validation_images(cfg, size: int) -> tuple[list[torch.Tensor], str]:
@@ -98,7 +87,7 @@ def main():
     if path is None:
         print("  (no trained checkpoint: run `make train` or pass --checkpoint)")
         return
-    model, cfg = trained_model(path)
+    model, cfg, _ = edge.model_from_checkpoint(path)
     model = ready(model)
     images, source = validation_images(cfg, size)
     measure(f"SSD{cfg.anchors.image_size}-{cfg.backbone.arch}, trained, {source}", model,

@@ -69,10 +69,9 @@ def opened_store(uri: str) -> Iterator[None]:
             raise StoreUnreachable(f"cannot reach the MLflow tracking store at {uri}: {error}") from error
 
 
-def experiment_label(model: str, backbone: str, dataset: str, image_size: Optional[int] = None) -> str:
-    """'<model><input size>_<backbone>_<dataset>', e.g. 'ssd512_resnet50_shapes' (no size for a model that
-    takes images as they come, 'maskrcnn_resnet50_voc')."""
-    return f"{model}{image_size or ''}_{backbone}_{dataset}"
+def experiment_label(model: str, backbone: str, dataset: str) -> str:
+    """'<model>_<backbone>_<dataset>', e.g. 'ssd512_resnet50_shapes', 'maskrcnn_resnet50_voc'."""
+    return f"{model}_{backbone}_{dataset}"
 
 
 class Tracker(Protocol):

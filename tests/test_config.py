@@ -6,6 +6,8 @@ from hydra.errors import ConfigCompositionException, InstantiationException, Mis
 from hydra.utils import instantiate
 
 from conftest import REPO, SMALL_SHAPES
+from edge import build_model
+from schema import SettingsError, check_train
 
 
 def options(group: str) -> list[str]:
@@ -14,7 +16,7 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("backbone", options("backbone"))
 def test_every_backbone_builds_an_ssd_that_runs(compose_train, backbone):
-    model = instantiate(compose_train(f"backbone={backbone}", "anchors=shapes128").model).eval()
+    model = build_model(compose_train(f"backbone={backbone}", "anchors=shapes128")).eval()
     with torch.no_grad():
         detections = model([torch.rand(3, 100, 140)])
     assert set(detections[0]) == {"boxes", "labels", "scores"}
@@ -23,14 +25,14 @@ def test_every_backbone_builds_an_ssd_that_runs(compose_train, backbone):
 @pytest.mark.parametrize("anchors", options("anchors"))
 def test_every_anchor_layout_builds_on_resnet_and_vgg(compose_train, anchors):
     for backbone in ("resnet18", "vgg16"):
-        model = instantiate(compose_train(f"anchors={anchors}", f"backbone={backbone}").model)
+        model = build_model(compose_train(f"anchors={anchors}", f"backbone={backbone}"))
         spec = model.anchor_spec
         expected = sum(s * s * a for s, a in zip(spec.feature_map_sizes, spec.anchors_per_location))
         assert model.box_coder.anchors.shape == (expected, 4)
 
 
 def test_ssd_head_channels_and_anchor_counts_are_derived(compose_train):
-    model = instantiate(compose_train("backbone=resnet50", "anchors=voc512").model)
+    model = build_model(compose_train("backbone=resnet50", "anchors=voc512"))
     assert model.box_coder.anchors.shape == (24564, 4)
     assert [conv.in_channels for conv in model.head.loc][:2] == [512, 1024]
     assert [conv.out_channels // 4 for conv in model.head.loc] == [4, 6, 6, 6, 6, 4, 4]
@@ -38,15 +40,30 @@ def test_ssd_head_channels_and_anchor_counts_are_derived(compose_train):
 
 
 def test_maskrcnn_builds_for_the_dataset_classes(compose_train):
-    model = instantiate(compose_train("model=maskrcnn").model)
+    model = build_model(compose_train("model=maskrcnn"))
     assert model.roi_heads.box_predictor.cls_score.out_features == 5
     assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 5
     assert model.roi_heads.mask_predictor.conv5_mask.out_channels == 256
 
 
-def test_maskrcnn_with_vgg16_fails_clearly(compose_train):
-    with pytest.raises(InstantiationException, match="backbone=vgg16 is not supported"):
-        instantiate(compose_train("model=maskrcnn", "backbone=vgg16").model)
+@pytest.mark.parametrize("fpn", options("fpn"))
+def test_maskrcnn_builds_its_trunk_from_the_fpn_option(compose_train, fpn):
+    model = build_model(compose_train("model=maskrcnn", f"fpn={fpn}"))
+    assert type(model.backbone.body.layer1[0]).__name__ == ("BasicBlock" if fpn in ("resnet18", "resnet34") else "Bottleneck")
+    assert model.backbone.out_channels == 256 and model.transform.min_size == (800,)
+
+
+def test_model_parts_belong_to_their_model(compose_train):
+    """The SSD composes backbone and anchors, Mask R-CNN fpn: another model's part is refused at compose time."""
+    cfg = compose_train("model=maskrcnn")
+    assert cfg.backbone is None and cfg.anchors is None and cfg.fpn.arch == "resnet50"
+    for part in ("backbone=vgg16", "anchors=ssd300"):
+        with pytest.raises(ConfigCompositionException, match="Could not override"):
+            compose_train("model=maskrcnn", part)
+    with pytest.raises(SettingsError, match="backbone is set but model=maskrcnn does not use it; its parts: \\['fpn'\\]"):
+        check_train(compose_train("model=maskrcnn", "+backbone=vgg16"))
+    with pytest.raises(ConfigCompositionException, match="Could not override 'fpn'"):
+        compose_train("fpn=resnet50")
 
 
 @pytest.mark.parametrize("augment", options("augment"))
@@ -85,7 +102,7 @@ def test_every_tracking_option_builds(compose_train, tracking):
 def test_every_experiment_and_debug_preset_composes_and_builds(compose_train, experiment):
     for debug in options("debug"):
         cfg = compose_train(f"experiment={experiment}", f"debug={debug}")
-        assert isinstance(instantiate(cfg.model), torch.nn.Module)
+        assert isinstance(build_model(cfg), torch.nn.Module)
         assert cfg.trainer.max_epochs >= 1
 
 
@@ -104,11 +121,11 @@ def test_unknown_key_gets_hydras_error(compose_train):
 def test_anchor_mismatch_names_both_lists(compose_train):
     cfg = compose_train("anchors=shapes128", "anchors.feature_map_sizes=[16,8,4,2,2]")
     with pytest.raises(InstantiationException, match=r"\[16, 8, 4, 2, 2\].*\[16, 8, 4, 2, 1\]"):
-        instantiate(cfg.model)
+        build_model(cfg)
 
 
 def test_too_many_maps_for_the_input_is_refused(compose_train):
     cfg = compose_train("anchors=shapes128", "anchors.image_size=64", "anchors.feature_map_sizes=null",
                         "anchors.steps=null")
     with pytest.raises(InstantiationException, match="5 feature maps.*4 at input 64"):
-        instantiate(cfg.model)
+        build_model(cfg)

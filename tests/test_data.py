@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from conftest import SHARED_DATA
 from detection.data.shapes import build_shapes_dataset, generate_shapes
 from detection.data.voc import parse_voc_xml
+from edge import build_model
 
 CLASSES = ["ellipse", "rectangle", "triangle", "star"]
 
@@ -89,7 +90,7 @@ def test_bccd_preset_reads_the_real_data_and_trains_a_step(compose_train):
     assert (len(train), len(val)) == (205, 87) and not train.fixes and not val.fixes
     image, target = val[0]
     assert image.shape == (3, 480, 640) and target["labels"].tolist()[:2] == [2, 1]  # WBC, RBC
-    model = instantiate(cfg.model).train()
+    model = build_model(cfg).train()
     images, targets = zip(train[0], train[1])
     losses = model(list(images), list(targets))
     assert torch.isfinite(sum(losses.values()))

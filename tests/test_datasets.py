@@ -230,6 +230,6 @@ def test_train_and_evaluate_on_coco_json_data(tmp_path, coco_folder):
 @pytest.mark.slow
 def test_maskrcnn_trains_on_voc_seg(tmp_path, devkit):
     result = run_script("train.py", "debug=smoke", "model=maskrcnn", "dataset=voc_seg", f"dataset.root={devkit}",
-                        "+dataset.image_min_size=64", "+dataset.image_max_size=96", "tracking=none", cwd=tmp_path)
+                        "model.min_size=64", "model.max_size=96", "tracking=none", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()

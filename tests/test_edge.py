@@ -5,10 +5,12 @@ import contextlib
 import signal
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 import edge
 from sweep import label_of
+from detection.engine.checkpoint import save_checkpoint
 from detection.engine.loop import TrainingInterrupted
 from detection.engine.settings import SettingsError
 
@@ -33,6 +35,25 @@ def test_a_resume_without_overrides_keeps_every_setting_of_the_run(compose_train
     assert OmegaConf.to_container(cfg.trainer) == trained["config"]["trainer"]
     assert cfg.trainer.max_epochs == 20 and cfg.trainer.batch_size == 4 and cfg.trainer.limit_train_images == 16
     assert cfg.backbone.arch == "resnet18" and cfg.ckpt_path == "/runs/a/checkpoints/last.pt"
+
+
+def test_a_requeued_job_continues_from_the_last_checkpoint_in_its_own_folder(compose_train, trained, tmp_path):
+    new_cfg, nothing = edge.continued_run(compose_train(), tmp_path, overrides=[])
+    assert nothing is None and new_cfg.ckpt_path is None
+    save_checkpoint(trained, tmp_path / "checkpoints" / "last.pt")
+    cfg, checkpoint = edge.continued_run(compose_train("trainer.max_epochs=3"), tmp_path, overrides=[])
+    assert cfg.ckpt_path == str(tmp_path / "checkpoints" / "last.pt") and checkpoint["epoch"] == 14
+    assert cfg.trainer.max_epochs == 20  # the run's own, not this composition's
+
+
+def test_a_model_comes_back_from_its_checkpoint_without_its_original_weight_files(compose_train, tmp_path):
+    cfg = compose_train("backbone=resnet18", "anchors=shapes128", "backbone.weights=/gone/resnet18.pth")
+    model = edge.build_model(cfg, pretrained=False)
+    save_checkpoint({"config": OmegaConf.to_container(cfg, resolve=True), "model": model.state_dict()},
+                    tmp_path / "best.pt")
+    rebuilt, trained, _ = edge.model_from_checkpoint(tmp_path / "best.pt")
+    assert trained.model.backbone.weights == "/gone/resnet18.pth"  # kept in the record, not loaded
+    assert all(torch.equal(rebuilt.state_dict()[key], value) for key, value in model.state_dict().items())
 
 
 def test_a_resume_applies_only_the_settings_that_may_change(compose_train, trained):
@@ -118,7 +139,6 @@ def test_a_stop_by_signal_ends_the_run_killed_and_exits_128_plus_the_signal(tmp_
 
 def test_the_experiment_label_comes_from_plain_values_of_the_config_and_its_choices(compose_train):
     cfg = compose_train("backbone=resnet18", "anchors=shapes128")
-    assert label_of(cfg, {"model": "ssd"}) == "ssd128_resnet18_shapes"
-    assert label_of(cfg, {"model": "ssd", "sweep_backbone": "vgg16+resnet50"}) == "ssd128_vgg16+resnet50_shapes"
-    maskrcnn = compose_train("model=maskrcnn", "backbone=resnet50")
-    assert label_of(maskrcnn, {"model": "maskrcnn"}) == "maskrcnn_resnet50_shapes"
+    assert label_of(cfg, {}) == "ssd128_resnet18_shapes"
+    assert label_of(cfg, {"sweep_backbone": "vgg16+resnet50"}) == "ssd128_vgg16+resnet50_shapes"
+    assert label_of(compose_train("model=maskrcnn", "fpn=resnet18"), {}) == "maskrcnn_resnet18_shapes"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from PIL import Image
 
 from detection.data.loader import build_loader
@@ -16,6 +15,7 @@ from detection.data.samples import collate_detection
 from detection.data.voc import VOCDetection
 from detection.engine.inference import evaluate
 from detection.evaluation import DetectionEvaluator
+from edge import build_model
 
 pytestmark = pytest.mark.faults
 
@@ -141,7 +141,7 @@ def test_skipped_samples_are_counted_through_the_loader_and_evaluation(voc, comp
     for image_id in (voc / "ImageSets" / "Main" / "train.txt").read_text().split()[:3]:
         (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(b"")
     loader = build_loader(dataset(voc, on_bad_sample="skip"), batch_size=4, shuffle=False, num_workers=1, seed=0)
-    model = instantiate(compose_train("backbone=resnet18", "anchors=shapes128").model)
+    model = build_model(compose_train("backbone=resnet18", "anchors=shapes128"))
     metrics = evaluate(model, loader, DetectionEvaluator(class_names=CLASSES), device=torch.device("cpu"),
                        progress=False)
     assert metrics["skipped_samples"] == 3

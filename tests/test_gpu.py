@@ -5,12 +5,12 @@ import warnings
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from conftest import SMALL_SHAPES
 from detection.engine.host_reads import HostReads
 from detection.engine.precision import Precision
 from detection.engine.step import TrainStep
+from edge import build_model
 from test_host_syncs import batch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -31,7 +31,7 @@ def synchronisations(fn) -> int:
 
 @pytest.fixture
 def model(compose_train):
-    return instantiate(compose_train("backbone=resnet18", "anchors=shapes128", *SMALL_SHAPES).model).cuda()
+    return build_model(compose_train("backbone=resnet18", "anchors=shapes128", *SMALL_SHAPES)).cuda()
 
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])

@@ -4,11 +4,11 @@ around an eval call."""
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from conftest import SMALL_SHAPES
 from detection.engine.host_reads import HostReads
 from detection.engine.step import TrainStep
+from edge import build_model
 
 
 def batch(size: int, boxes_per_image: int):
@@ -25,7 +25,7 @@ def batch(size: int, boxes_per_image: int):
 def test_an_ssd_training_step_reads_back_once(compose_train, backbone):
     """The loop's step (forward, losses, the agreed non-finite and stop check, backward, clipping, update,
     scheduler) reads one thing back: the check's flags. The model's part reads nothing."""
-    model = instantiate(compose_train(f"backbone={backbone}", "anchors=shapes128", *SMALL_SHAPES).model)
+    model = build_model(compose_train(f"backbone={backbone}", "anchors=shapes128", *SMALL_SHAPES))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     train_step = TrainStep(model, optimizer, scheduler, device=torch.device("cpu"), grad_clip=10.0)
@@ -57,7 +57,7 @@ def test_an_ssd_eval_call_reads_back_once(compose_train):
     """With the dense NMS (what runs on a GPU) the call's one read is the per-image counts. (The CPU's
     compacted NMS, torchvision's batched_nms, reads back freely: on a CPU there is no device to wait for.)"""
     cfg = compose_train("anchors=shapes128", "model.nms_method=dense", *SMALL_SHAPES)
-    model = instantiate(cfg.model).eval()
+    model = build_model(cfg).eval()
     with torch.no_grad():
         for conv in model.head.cls:  # distinct scores, all above the threshold: every candidate in play
             conv.weight.mul_(0.02)

@@ -18,6 +18,7 @@ from detection.engine.state import NonFiniteLossError, TrainingState
 from detection.engine.step import TrainStep
 from detection.evaluation import DetectionEvaluator
 from detection.tracking import NullTracker
+from edge import build_model
 
 
 class PoisonedLosses(torch.nn.Module):
@@ -38,7 +39,7 @@ class PoisonedLosses(torch.nn.Module):
 
 def setup(compose_train, tmp_path, nan_steps, max_in_row=10):
     cfg = compose_train("backbone=resnet18", "anchors=shapes128", "debug=smoke", *SMALL_SHAPES)
-    model = PoisonedLosses(instantiate(cfg.model), nan_steps)
+    model = PoisonedLosses(build_model(cfg), nan_steps)
     train_set = instantiate(cfg.dataset.train)
     loader = build_loader(train_set, batch_size=2, shuffle=True, num_workers=0, seed=0,
                           augmentation=train_set.transforms)

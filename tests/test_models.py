@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from hydra.utils import instantiate
+
+from edge import build_model
 
 
 def tiny_targets(sizes):
@@ -13,7 +14,7 @@ def tiny_targets(sizes):
 
 @pytest.fixture
 def ssd(compose_train):
-    return instantiate(compose_train("backbone=resnet18", "anchors=shapes128").model)
+    return build_model(compose_train("backbone=resnet18", "anchors=shapes128"))
 
 
 def test_ssd_training_returns_finite_losses_that_backpropagate(ssd):
@@ -72,7 +73,7 @@ def test_ssd_rejects_a_degenerate_target_box(ssd):
 
 
 def test_maskrcnn_training_and_eval_contract(compose_train):
-    model = instantiate(compose_train("model=maskrcnn", "model.min_size=128", "model.max_size=160").model)
+    model = build_model(compose_train("model=maskrcnn", "model.min_size=128", "model.max_size=160"))
     sizes = [(96, 128), (128, 100)]
     images = [torch.rand(3, h, w) for h, w in sizes]
     losses = model.train()(images, tiny_targets(sizes))

@@ -6,11 +6,11 @@ import copy
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from conftest import REPO, SMALL_SHAPES
 from detection.models.postprocess import compacted_nms, dense_nms
+from edge import build_model
 
 
 def reference_postprocess(model, loc, cls, image_sizes):
@@ -52,7 +52,7 @@ def shapes_model(shapes_root):
         cfg = compose("train", overrides=[f"dataset.root={shapes_root}", "tracking=none", "anchors=shapes128",
                                           *SMALL_SHAPES])
     torch.manual_seed(0)
-    return instantiate(cfg.model).eval()
+    return build_model(cfg).eval()
 
 
 def with_class_head_scaled(model, factor: float):

@@ -5,17 +5,17 @@ import logging
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from conftest import SMALL_SHAPES
 from detection.engine.step import TrainStep, compiler_problem, network_parts, prepare_network
+from edge import build_model
 from test_host_syncs import batch
 
 
 @pytest.fixture
 def model(compose_train):
     torch.manual_seed(0)
-    return instantiate(compose_train("backbone=resnet18", "anchors=shapes128", *SMALL_SHAPES).model)
+    return build_model(compose_train("backbone=resnet18", "anchors=shapes128", *SMALL_SHAPES))
 
 
 def step_of(model):

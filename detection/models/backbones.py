@@ -1,4 +1,5 @@
-"""torchvision classification networks split into the two feature stages an SSD starts from."""
+"""torchvision classification networks as detector trunks: split into the two feature stages an SSD starts
+from, or with a feature pyramid for Mask R-CNN."""
 
 import urllib.error
 from pathlib import Path
@@ -7,6 +8,8 @@ from typing import Optional
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.ops import FrozenBatchNorm2d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,6 +102,23 @@ def build_resnet_trunk(*, arch: str = "resnet50", weights: Optional[str] = None)
     stage1 = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1, resnet.layer2)
     channels = (_block_out_channels(resnet.layer2), _block_out_channels(resnet.layer3))
     return SSDTrunk(stage1, resnet.layer3, channels)
+
+
+def build_resnet_fpn(*, arch: str = "resnet50", weights: Optional[str] = None, trainable_layers: int = 3,
+                     frozen: bool = False) -> BackboneWithFPN:
+    """A ResNet with torchvision's feature pyramid (256 channels at strides 4 to 64), Mask R-CNN's trunk.
+
+    Args:
+        weights: the ResNet's ImageNet weights: None, a torchvision weights name or a .pth file.
+        trainable_layers: ResNet stages (0-5) left trainable when the trunk is frozen.
+        frozen: frozen BatchNorm and `trainable_layers` trainable stages, as torchvision builds it whenever
+            pretrained weights are loaded (these, or the whole detector's); implied by `weights`. Otherwise
+            BatchNorm and every stage train.
+    """
+    frozen = frozen or weights is not None
+    resnet = torchvision.models.get_model(arch, weights=None, norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d)
+    load_weights(resnet, arch=arch, weights=weights)
+    return _resnet_fpn_extractor(resnet, trainable_layers if frozen else 5)
 
 
 def _block_out_channels(layer: nn.Sequential) -> int:
