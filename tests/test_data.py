@@ -62,7 +62,7 @@ def test_voc_boxes_become_continuous_xyxy_on_a_real_xml_file():
     xml = SHARED_DATA / "BCCD_Dataset" / "BCCD" / "Annotations" / "BloodImage_00000.xml"
     if not xml.is_file():
         pytest.skip(f"{xml} not available")
-    objects = parse_voc_xml(xml, ["RBC", "WBC", "Platelets"])
+    objects = parse_voc_xml(xml, ["RBC", "WBC", "Platelets"]).objects
     # the file's first object is the WBC at xmin 260, ymin 177, xmax 491, ymax 376
     assert objects.labels[0] == 2
     assert objects.boxes[0].tolist() == [259.0, 176.0, 491.0, 376.0]

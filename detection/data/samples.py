@@ -1,15 +1,18 @@
-"""What every dataset shares: reading pixels upright and in 8-bit RGB, reading or skipping a sample by
-name, the torchvision (image, target) pair, list batches."""
+"""What every dataset shares: the annotation record, reading pixels upright and in 8-bit RGB, the read /
+check / skip / convert path of a sample (`AnnotatedImages`), the torchvision (image, target) pair, list
+batches."""
 
 import hashlib
 import logging
 from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -20,6 +23,28 @@ Image.MAX_IMAGE_PIXELS = None
 MAX_IMAGE_PIXELS = 178_956_970  # the default: where PIL's own check raised (twice its warning level)
 EXIF_ORIENTATION = 0x0112
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grayscale of up to 16 bits a pixel
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One image's objects, as every reader records them. boxes float32 [N, 4] continuous xyxy pixels;
+    labels int64 [N] (1..K, 0 is background); difficult bool [N] (COCO's iscrowd); instance_ids int64 [N],
+    where each object's mask is found (VOC: its 1-based SegmentationObject index; COCO: its place in the
+    dataset's list of segmentations); source, the file the objects come from; size, the (width, height)
+    that file gives the image, upright, or None."""
+
+    source: Path
+    image_path: Optional[Path]
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    instance_ids: np.ndarray
+    size: Optional[tuple[int, int]]
+
+    def kept(self, keep: np.ndarray, **changes: Any) -> "Annotation":
+        """The objects where bool [N] `keep` is true, with `changes` to other fields (image_path, boxes of all N, ...)."""
+        arrays = {name: changes.pop(name, getattr(self, name)) for name in ("boxes", "labels", "difficult", "instance_ids")}
+        return replace(self, **changes, **{name: array[keep] for name, array in arrays.items()})
 
 
 def skips_bad_samples(on_bad_sample: str) -> bool:
@@ -106,6 +131,73 @@ def read_mask(path: Path) -> np.ndarray:
             return np.array(image)
     except (OSError, ValueError, SyntaxError) as error:
         raise _unreadable(path, error) from error
+
+
+class AnnotatedImages(Dataset):
+    """The path every reader's samples take, yielding (image, target) in torchvision's detection contract.
+
+    image: float32 [3, H, W] in [0, 1], RGB. target: 'boxes' float32 [N, 4] xyxy pixels, 'labels' int64 [N]
+    (0 = background), 'difficult' bool [N], 'image_id' int64 (index in this split), and with `with_masks`
+    'masks' uint8 [N, H, W] (from the reader's `instance_masks`).
+
+    A reader fills `annotations` with `collect`; a sample is then its image read upright (EXIF orientation
+    applied), checked against the annotation's size, its masks read, `transforms` applied and converted.
+    With `on_bad_sample='skip'` a sample that fails any of it is logged, counted (`fixes`) and left out
+    (None, which the collate function drops); with 'error' the error names the file.
+    """
+
+    def __init__(self, *, transforms: Optional[Callable], with_masks: bool, on_bad_sample: str,
+                 max_image_pixels: Optional[int]):
+        self.transforms = transforms
+        self.with_masks = with_masks
+        self.skip_bad = skips_bad_samples(on_bad_sample)
+        self.max_image_pixels = max_image_pixels
+        self.fixes: Counter = Counter()
+        self.annotations: list[Annotation] = []
+
+    def collect(self, items: Iterable[T], read: Callable[[T], Annotation], where: Path) -> None:
+        """`annotations` from `read(item)` for each item; a read failing with OSError or ValueError raises,
+        or with 'skip' is logged and counted. The fixes are logged once, and no readable sample at all is an
+        error naming `where`."""
+        for item in items:
+            try:
+                self.annotations.append(read(item))
+            except (OSError, ValueError) as error:
+                if not self.skip_bad:
+                    raise
+                self.fixes["skipped samples"] += 1
+                log.warning("skipped: %s", error)
+        self.fixes = +self.fixes  # without the zero counts
+        if self.fixes:
+            log.warning("%s: %s", where, ", ".join(f"{n} {kind}" for kind, n in self.fixes.items()))
+        if not self.annotations:
+            raise ValueError(f"{where}: no readable samples ({dict(self.fixes)})")
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def records(self) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
+        """(image file name, boxes, labels) per sample, in order (for `split_fingerprint`)."""
+        return ((a.image_path.name, a.boxes, a.labels) for a in self.annotations)
+
+    def __getitem__(self, index: int) -> Optional[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        annotation = self.annotations[index]
+        return load_or_skip(annotation.image_path, lambda: self.sample(annotation, index), skip=self.skip_bad)
+
+    def sample(self, annotation: Annotation, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pixels = read_pixels(annotation.image_path, max_image_pixels=self.max_image_pixels)
+        height, width = pixels.shape[:2]
+        if annotation.size is not None and annotation.size != (width, height):
+            raise ValueError(f"{annotation.image_path} is {width}x{height} but {annotation.source} says "
+                             f"{annotation.size[0]}x{annotation.size[1]}")
+        masks = self.instance_masks(annotation, height, width) if self.with_masks else None
+        sample = {"image": pixels, "bboxes": annotation.boxes, "labels": annotation.labels,
+                  "difficult": annotation.difficult, "masks": masks}
+        return to_image_and_target(augmented(self.transforms, sample, annotation.image_path), index)
+
+    def instance_masks(self, annotation: Annotation, height: int, width: int) -> np.ndarray:
+        """uint8 [N, height, width], one mask per object of `annotation`."""
+        raise NotImplementedError(f"{type(self).__name__} has no instance masks")
 
 
 def load_or_skip(path: Path, load: Callable[[], T], *, skip: bool) -> Optional[T]:

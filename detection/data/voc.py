@@ -4,16 +4,14 @@ for instance masks, SegmentationObject/*.png."""
 import logging
 import xml.etree.ElementTree as ET
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from detection.data.samples import (MAX_IMAGE_PIXELS, augmented, clip_to_image, image_header, load_or_skip, read_mask,
-                                    read_pixels, skips_bad_samples, to_image_and_target)
+from detection.data.samples import MAX_IMAGE_PIXELS, AnnotatedImages, Annotation, clip_to_image, image_header, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -23,40 +21,23 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".J
 DIFFICULT = {"0": False, "1": True, "false": False, "true": True}
 
 
-@dataclass(frozen=True)
-class Annotation:
-    """One image's objects. boxes float32 [N, 4] continuous xyxy pixels; labels int64 [N]; difficult bool [N];
-    instance_ids int64 [N], each object's 1-based position in the XML (its SegmentationObject index)."""
+class VOCFile(NamedTuple):
+    """One annotation file read: its objects (`image_path` not yet known), its <filename> and the number of
+    objects of classes not in the list, left out."""
 
-    image_path: Path
-    mask_path: Path
-    boxes: np.ndarray
-    labels: np.ndarray
-    difficult: np.ndarray
-    instance_ids: np.ndarray
-
-
-@dataclass(frozen=True)
-class VOCObjects:
-    """The objects of one annotation file. boxes float32 [N, 4] continuous xyxy pixels; labels int64 [N];
-    difficult bool [N]; positions int64 [N], each object's 1-based place in the file (its
-    SegmentationObject index); size (width, height) when the file gives one; filename, its <filename>;
-    unknown: objects of classes not in the list, left out."""
-
-    boxes: np.ndarray
-    labels: np.ndarray
-    difficult: np.ndarray
-    positions: np.ndarray
-    size: Optional[tuple[int, int]]
+    objects: Annotation
     filename: Optional[str]
     unknown: int
 
 
-def parse_voc_xml(xml_path: Path, class_names: Sequence[str], *, ignore_unknown: bool = False) -> VOCObjects:
+def parse_voc_xml(xml_path: Path, class_names: Sequence[str], *, ignore_unknown: bool = False) -> VOCFile:
     """Reads one VOC annotation file.
 
     VOC boxes are 1-based and pixel-inclusive; they become continuous xyxy once, here:
     x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax.
+
+    The objects' instance_ids are their 1-based places in the file (their SegmentationObject index), and
+    their size the file's <size> when it gives one.
 
     Args:
         ignore_unknown: leave out (and count) objects whose class is not in `class_names` instead of
@@ -90,18 +71,15 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str], *, ignore_unknown:
         difficult.append(DIFFICULT[flag])
         positions.append(position)
     width, height = (int(float(root.findtext(f"size/{key}", "0") or 0)) for key in ("width", "height"))
-    return VOCObjects(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64),
-                      np.asarray(difficult, dtype=bool), np.asarray(positions, dtype=np.int64),
-                      (width, height) if width > 0 and height > 0 else None,
-                      (root.findtext("filename") or "").strip() or None, unknown)
+    objects = Annotation(xml_path, None, np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                         np.asarray(labels, dtype=np.int64), np.asarray(difficult, dtype=bool),
+                         np.asarray(positions, dtype=np.int64), (width, height) if width > 0 and height > 0 else None)
+    return VOCFile(objects, (root.findtext("filename") or "").strip() or None, unknown)
 
 
-class VOCDetection(Dataset):
-    """One split of a VOC-layout folder, yielding (image, target) in torchvision's detection contract.
-
-    image: float32 [3, H, W] in [0, 1], RGB. target: 'boxes' float32 [N, 4] xyxy pixels, 'labels' int64
-    [N] (0 = background), 'difficult' bool [N], 'image_id' int64 (index in this split), and with
-    `with_masks` 'masks' uint8 [N, H, W] from SegmentationObject (instance k is the k-th XML object).
+class VOCDetection(AnnotatedImages):
+    """One split of a VOC-layout folder, yielding (image, target) in torchvision's detection contract (see
+    AnnotatedImages), masks from SegmentationObject (instance k is the k-th XML object).
 
     Args:
         root: the folder holding JPEGImages/, Annotations/, ImageSets/Main/.
@@ -128,12 +106,10 @@ class VOCDetection(Dataset):
                  transforms: Optional[Callable] = None, keep_difficult: bool = True, with_masks: bool = False,
                  on_bad_sample: str = "error", ignore_unknown_classes: bool = False, image_set: str = "Main",
                  max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS):
-        self.skip_bad = skips_bad_samples(on_bad_sample)
-        self.max_image_pixels = max_image_pixels
+        super().__init__(transforms=transforms, with_masks=with_masks, on_bad_sample=on_bad_sample,
+                         max_image_pixels=max_image_pixels)
         self.root = Path(root).expanduser()
         self.class_names = tuple(class_names)
-        self.transforms = transforms
-        self.with_masks = with_masks
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: dataset root not found (expected Annotations/, JPEGImages/ "
                                     f"and ImageSets/Main/ there)")
@@ -148,28 +124,15 @@ class VOCDetection(Dataset):
         if repeated:
             raise ValueError(f"{split_file}: ids listed more than once: {repeated[:10]}"
                              f"{f' and {len(repeated) - 10} more' if len(repeated) > 10 else ''}; list each image once")
-        self.fixes: Counter = Counter()
-        self.annotations = []
-        for image_id in ids:
-            try:
-                self.annotations.append(self._annotation(image_id, keep_difficult, ignore_unknown_classes))
-            except (OSError, ValueError) as error:
-                if not self.skip_bad:
-                    raise
-                self.fixes["skipped samples"] += 1
-                log.warning("skipped: %s", error)
-        self.fixes = +self.fixes  # without the zero counts
-        if self.fixes:
-            log.warning("%s split %s: %s", self.root, split, ", ".join(f"{n} {kind}" for kind, n in self.fixes.items()))
-        if not self.annotations:
-            raise ValueError(f"{split_file}: no readable samples ({dict(self.fixes)})")
+        self.collect(ids, lambda image_id: self._annotation(image_id, keep_difficult, ignore_unknown_classes),
+                     split_file)
 
     def _annotation(self, image_id: str, keep_difficult: bool, ignore_unknown: bool) -> Annotation:
         """One sample's annotation, boxes clipped to the image and emptied ones dropped (both counted)."""
         xml_path = self.root / "Annotations" / f"{image_id}.xml"
-        objects = parse_voc_xml(xml_path, self.class_names, ignore_unknown=ignore_unknown)
-        self.fixes["ignored unknown-class objects"] += objects.unknown
-        image_path = self._image_path(image_id, objects.filename, xml_path)
+        objects, filename, unknown = parse_voc_xml(xml_path, self.class_names, ignore_unknown=ignore_unknown)
+        self.fixes["ignored unknown-class objects"] += unknown
+        image_path = self._image_path(image_id, filename, xml_path)
         try:
             size, orientation = image_header(image_path, self.max_image_pixels)
         except ValueError:  # unreadable or too large: reported (or skipped) when the sample is read
@@ -184,8 +147,7 @@ class VOCDetection(Dataset):
         clipped, keep = clip_to_image(objects.boxes, *size, self.fixes)
         if not keep_difficult:
             keep &= ~objects.difficult
-        return Annotation(image_path, self.root / "SegmentationObject" / f"{image_id}.png", clipped[keep],
-                          objects.labels[keep], objects.difficult[keep], objects.positions[keep])
+        return objects.kept(keep, boxes=clipped, image_path=image_path, size=size)
 
     def _image_path(self, image_id: str, filename: Optional[str], xml_path: Path) -> Path:
         """JPEGImages/<the XML's filename>, else JPEGImages/<id> with the first image extension found."""
@@ -198,31 +160,12 @@ class VOCDetection(Dataset):
         raise FileNotFoundError(f"{xml_path}: its image {folder / names[0]} does not exist (nor {image_id} with "
                                 f"another image extension)")
 
-    def __len__(self) -> int:
-        return len(self.annotations)
-
-    def records(self) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
-        """(image file name, boxes, labels) per sample, in order (for `split_fingerprint`)."""
-        return ((a.image_path.name, a.boxes, a.labels) for a in self.annotations)
-
-    def __getitem__(self, index: int) -> Optional[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        """The sample, or None when its image or mask cannot be read or its augmentation fails, with
-        `on_bad_sample='skip'` (the collate function drops and counts it)."""
-        annotation = self.annotations[index]
-        return load_or_skip(annotation.image_path, lambda: self._sample(annotation, index), skip=self.skip_bad)
-
-    def _sample(self, annotation: Annotation, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        pixels = read_pixels(annotation.image_path, max_image_pixels=self.max_image_pixels)
-        masks = self._instance_masks(annotation, pixels.shape[:2]) if self.with_masks else None
-        sample = {"image": pixels, "bboxes": annotation.boxes, "labels": annotation.labels,
-                  "difficult": annotation.difficult, "masks": masks}
-        return to_image_and_target(augmented(self.transforms, sample, annotation.image_path), index)
-
-    def _instance_masks(self, annotation: Annotation, size: tuple[int, int]) -> np.ndarray:
+    def instance_masks(self, annotation: Annotation, height: int, width: int) -> np.ndarray:
         """uint8 [N, H, W], one mask per kept object from its SegmentationObject index; 255 (void) is left out."""
-        instance_map = read_mask(annotation.mask_path)
-        if instance_map.shape != size:
-            raise ValueError(f"{annotation.mask_path}: mask size {instance_map.shape} differs from image {size}")
+        mask_path = self.root / "SegmentationObject" / f"{annotation.source.stem}.png"
+        instance_map = read_mask(mask_path)
+        if instance_map.shape != (height, width):
+            raise ValueError(f"{mask_path}: mask size {instance_map.shape} differs from image {(height, width)}")
         return (instance_map[None] == annotation.instance_ids.reshape(-1, 1, 1)).astype(np.uint8)
 
 
