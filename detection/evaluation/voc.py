@@ -28,22 +28,11 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, *, eleven_point
     return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
 
 
-def precision_recall_curves(detections: dict[str, np.ndarray], objects: dict[str, np.ndarray], num_classes: int,
-                            iou_threshold: float = 0.5) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Each class's recall and precision over a split, as the devkit ranks and matches detections.
-
-    A detection (in descending score order within its class) is a true positive when its best-IoU object
-    of the same class and image has IoU > threshold, is not difficult and is not matched yet; a match to
-    a difficult object is neither true nor false positive; difficult objects are not in the recall
-    denominator. So a detection is a true positive exactly when it is the highest-scored one whose best
-    object is that (non-difficult) object, which is what makes this a few array operations.
-
-    Args:
-        detections: 'image' int [D], 'labels' int [D] (1..num_classes), 'scores' float [D], 'boxes' float [D, 4].
-        objects: 'image' int [G], 'labels' int [G], 'boxes' float [G, 4], 'difficult' bool [G].
-    Returns:
-        label -> (recall float [D_c], precision float [D_c]) for every class with a non-difficult object.
-    """
+def best_objects(detections: dict[str, np.ndarray], objects: dict[str, np.ndarray], num_classes: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each detection's best-IoU object of its own image and class (VOC's inclusive-pixel IoU), as int [D]
+    indices into `objects` (-1: none there) and float [D] IoUs (0 where none). Arguments as in
+    `precision_recall_curves`."""
     # objects grouped by (image, label); each detection looks only at its own group, padded to a matrix
     group_keys = objects["image"].astype(np.int64) * (num_classes + 1) + objects["labels"]
     by_group = np.argsort(group_keys, kind="stable")
@@ -67,7 +56,26 @@ def precision_recall_curves(detections: dict[str, np.ndarray], objects: dict[str
         best = ious.argmax(axis=1)
         best_iou[chunk] = ious[np.arange(len(chunk)), best]
         best_object[chunk] = by_group[slots[group[chunk], best]]
+    return best_object, best_iou
 
+
+def precision_recall_curves(detections: dict[str, np.ndarray], objects: dict[str, np.ndarray], num_classes: int,
+                            iou_threshold: float = 0.5) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each class's recall and precision over a split, as the devkit ranks and matches detections.
+
+    A detection (in descending score order within its class) is a true positive when its best-IoU object
+    of the same class and image has IoU > threshold, is not difficult and is not matched yet; a match to
+    a difficult object is neither true nor false positive; difficult objects are not in the recall
+    denominator. So a detection is a true positive exactly when it is the highest-scored one whose best
+    object is that (non-difficult) object, which is what makes this a few array operations.
+
+    Args:
+        detections: 'image' int [D], 'labels' int [D] (1..num_classes), 'scores' float [D], 'boxes' float [D, 4].
+        objects: 'image' int [G], 'labels' int [G], 'boxes' float [G, 4], 'difficult' bool [G].
+    Returns:
+        label -> (recall float [D_c], precision float [D_c]) for every class with a non-difficult object.
+    """
+    best_object, best_iou = best_objects(detections, objects, num_classes)
     order = np.lexsort((-detections["scores"], detections["labels"]))  # by class, then descending score
     hit = best_iou[order] > iou_threshold
     hit_difficult = np.zeros(len(order), dtype=bool)
