@@ -57,7 +57,7 @@ def build_model(cfg: DictConfig, *, pretrained: bool = True) -> torch.nn.Module:
     original weight files."""
     model = copy.deepcopy(cfg).model  # the whole config: the model's nodes interpolate its other groups
     with open_dict(model):
-        del model["name"]
+        model.pop("name", None)  # checkpoints written before models had names have none
         for node in (model, model.backbone):
             if not pretrained and "weights" in node:
                 node.weights = None

@@ -15,7 +15,8 @@ from detection.tracking import end_parent_run, experiment_label, start_parent_ru
 def label_of(cfg: DictConfig, choices: dict[str, Any]) -> str:
     """The experiment label of a composed configuration (`ssd512_resnet50_shapes`): the model's name, its
     trunk's arch and the dataset's name; `choices` (a sweep's) may replace the last two."""
-    return experiment_label(cfg.model.name, str(choices.get("sweep_backbone", cfg.model.backbone.arch)),
+    name = cfg.model.get("name") or choices.get("model", "model")  # (checkpoints older than the name key)
+    return experiment_label(name, str(choices.get("sweep_backbone", cfg.model.backbone.arch)),
                             str(choices.get("sweep_dataset", cfg.dataset.name)))
 
 
