@@ -35,6 +35,7 @@ from detection.engine.precision import Precision, choose_precision
 from detection.engine.settings import SettingsError, TrainerSettings
 from detection.evaluation import DetectionEvaluator
 from detection.models.export import BatchedDetector
+from detection.models.images import as_float_image
 from detection.tracking import NullTracker, Tracker, flatten, sweep_parent
 from sweep import label_of
 
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 # Anything else (model, data, optimiser, batch size, precision, seed) is the run's and stays as trained.
 DATA_PATHS = ("dataset.root", "dataset.train_images", "dataset.val_images", "dataset.train_annotations",
               "dataset.val_annotations")
-MAY_CHANGE_ON_RESUME = ("trainer.max_epochs", "trainer.device", "trainer.num_workers", "trainer.log_every",
+MAY_CHANGE_ON_RESUME = ("trainer.max_epochs", "trainer.device", "trainer.num_workers", "trainer.persistent_workers",
+                        "trainer.prefetch_factor", "trainer.warn_data_wait", "trainer.log_every",
                         "trainer.checkpoint_every", "trainer.keep_last", "trainer.progress",
                         "trainer.debug_images_every", "trainer.channels_last", "trainer.compile",
                         "trainer.cudnn_benchmark", *DATA_PATHS)
@@ -240,7 +242,8 @@ def training_loaders(train_set, val_set, settings: TrainerSettings, job: Job, se
     """This rank's shares of the training split (shuffled, augmented with the split's own transforms,
     reseeded per item) and of the validation split."""
     shard = {"rank": job.context.rank, "world_size": job.context.world_size, "seed": seed,
-             "batch_size": settings.batch_size, "num_workers": settings.num_workers}
+             "batch_size": settings.batch_size, "num_workers": settings.num_workers,
+             "persistent_workers": settings.persistent_workers, "prefetch_factor": settings.prefetch_factor}
     return (build_loader(train_set, shuffle=True, limit=settings.limit_train_images, augmentation=train_set.transforms,
                          **shard),
             build_loader(val_set, shuffle=False, limit=settings.limit_val_images, **shard))
@@ -254,7 +257,8 @@ def training_hooks(cfg: DictConfig, settings: TrainerSettings, job: Job, tracker
     validation = hooks.Validation(val_loader, DetectionEvaluator(class_names=list(cfg.dataset.classes)), tracker,
                                   device=job.device, precision=job.precision, progress=settings.progress,
                                   artifacts=artifacts)
-    return ([hooks.MetricLogger(tracker, every=settings.log_every), *([hooks.DebugImages(artifacts)] if artifacts else []),
+    logger = hooks.MetricLogger(tracker, every=settings.log_every, warn_data_wait=settings.warn_data_wait)
+    return ([logger, *([hooks.DebugImages(artifacts)] if artifacts else []),
              validation],
             hooks.Checkpoints(run_dir / "checkpoints", every=settings.checkpoint_every, keep_last=settings.keep_last,
                               is_main=job.is_main))
@@ -335,7 +339,7 @@ def log_best_model(tracker: Tracker, model: torch.nn.Module, checkpoint_dirs: li
     tracker.log_artifact(best, artifact_path="checkpoints")
     model.load_state_dict(load_checkpoint(best)["model"])
     sample = val_dataset[0]
-    image = sample[0] if sample is not None else torch.zeros(3, 64, 64)
+    image = as_float_image(sample[0]) if sample is not None else torch.zeros(3, 64, 64)
     scale = min(1.0, 64 / max(image.shape[1:]))
     example = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear")
     tracker.log_model(BatchedDetector(model.cpu()), example.numpy())

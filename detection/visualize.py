@@ -47,13 +47,14 @@ def draw_detections(image: torch.Tensor, target: dict[str, torch.Tensor], predic
     Images with a side under `min_side` are enlarged by a whole factor, so that the labels stay legible.
 
     Args:
-        image: float [3, H, W] in [0, 1]; target 'boxes' [N, 4] xyxy pixels and 'labels' [N];
+        image: uint8 [3, H, W], or float in [0, 1]; target 'boxes' [N, 4] xyxy pixels and 'labels' [N];
         prediction: 'boxes', 'labels', 'scores' (descending) and optionally 'masks' float [K, 1, H, W].
     Returns:
         uint8 [3, H * f, W * f], f = max(1, min_side // min(H, W)).
     """
     factor = max(1, min_side // min(image.shape[1:]))
-    canvas = (image.detach().cpu().clamp(0, 1) * 255).to(torch.uint8)
+    image = image.detach().cpu()
+    canvas = image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).to(torch.uint8)
     canvas = canvas.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
     keep = (prediction["scores"].detach().cpu() >= score_threshold).nonzero().flatten()[:max_predictions]
     boxes = prediction["boxes"].detach().cpu().float()[keep] * factor

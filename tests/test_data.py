@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import SHARED_DATA
+from detection.data.loader import build_loader
 from detection.data.shapes import build_shapes_dataset, generate_shapes
 from detection.data.voc import parse_voc_xml
 from edge import build_model
@@ -94,3 +95,20 @@ def test_bccd_preset_reads_the_real_data_and_trains_a_step(compose_train):
     images, targets = zip(train[0], train[1])
     losses = model(list(images), list(targets))
     assert torch.isfinite(sum(losses.values()))
+
+
+def test_persistent_workers_give_every_epoch_the_batches_of_the_main_process(compose_train):
+    """Items are seeded by (seed, epoch, index), so workers kept from epoch to epoch change nothing."""
+    cfg = compose_train("augment=ssd", "anchors=shapes128", "dataset.num_train=8", "dataset.num_val=4")
+    train = instantiate(cfg.dataset.train)
+
+    def epochs(**workers):
+        loader = build_loader(train, batch_size=4, shuffle=True, seed=3, augmentation=train.transforms, **workers)
+        return [[(image, target["boxes"]) for images, targets, _ in loader.epoch(epoch)
+                 for image, target in zip(images, targets)] for epoch in (0, 1)]
+
+    alone, persistent = epochs(num_workers=0), epochs(num_workers=2, persistent_workers=True, prefetch_factor=1)
+    assert not torch.equal(alone[0][0][0], alone[1][0][0])  # the epochs differ
+    for expected, got in zip(alone, persistent):
+        assert all(torch.equal(a, b) and torch.equal(c, d) for (a, c), (b, d) in zip(expected, got))
+        assert all(image.dtype == torch.uint8 for image, _ in got)  # bytes cross the process boundary

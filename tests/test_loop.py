@@ -1,7 +1,9 @@
 """The training loop: skipped non-finite steps, the stop after too many, checkpoints and resume state."""
 
+import logging
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -149,3 +151,45 @@ def test_bf16_autocast_trains_with_finite_weights(compose_train, tmp_path):
     run_fit(**args, precision=Precision(torch.bfloat16, "test"))
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
     assert all(torch.isfinite(p).all() for p in args["model"].parameters())
+
+
+class RecordingMetrics(NullTracker):
+    def __init__(self):
+        super().__init__()
+        self.logged = []
+
+    def log_metrics(self, metrics, step):
+        self.logged.append(dict(metrics))
+
+
+class SlowBatches:
+    """A training loader whose every batch takes `delay` seconds to arrive."""
+
+    def __init__(self, loader, delay):
+        self.loader, self.delay = loader, delay
+
+    def epoch(self, epoch, *, skip_batches=0):
+        self.loader.epoch(epoch, skip_batches=skip_batches)
+        return self
+
+    def __iter__(self):
+        for batch in self.loader:
+            time.sleep(self.delay)
+            yield batch
+
+
+def test_the_loop_measures_and_warns_once_when_it_waits_for_data(compose_train, tmp_path, caplog):
+    args = setup(compose_train, tmp_path, nan_steps=[])
+    optimizer = torch.optim.SGD(args["model"].parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    state = TrainingState(TrainStep(args["model"], optimizer, scheduler, device=torch.device("cpu"), precision=FP32))
+    tracker = RecordingMetrics()
+    settings = TrainerSettings(max_epochs=2, progress=False, log_every=1)
+    with caplog.at_level(logging.WARNING):
+        fit(state, SlowBatches(args["loader"], delay=1.0), settings,
+            hooks=[MetricLogger(tracker, every=1, warn_data_wait=0.5)], checkpoints=Checkpoints(tmp_path))
+    waits = [m["train/data_wait_fraction"] for m in tracker.logged if "train/data_wait_fraction" in m]
+    assert len(waits) == 8 and all(0.5 < wait < 1 for wait in waits)  # a step of the small SSD takes well under 1 s
+    assert state.data_wait_s >= 8.0
+    warnings = [r.getMessage() for r in caplog.records if "waited for data" in r.getMessage()]
+    assert len(warnings) == 1 and "trainer.num_workers" in warnings[0]

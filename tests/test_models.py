@@ -82,3 +82,16 @@ def test_maskrcnn_training_and_eval_contract(compose_train):
     with torch.no_grad():
         detections = model.eval()(images)
     assert {"boxes", "labels", "scores", "masks"} <= set(detections[0])
+
+
+@pytest.mark.parametrize("overrides", [("backbone=resnet18", "anchors=shapes128"),
+                                       ("model=maskrcnn", "fpn=resnet18", "model.min_size=96", "model.max_size=128")])
+def test_uint8_images_give_the_detections_of_their_float_equivalent(compose_train, overrides):
+    """The loaders hand images over as bytes; the model makes them float on its device."""
+    model = build_model(compose_train(*overrides)).eval()
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=generator) for _ in range(2)]
+    with torch.no_grad():
+        from_bytes, from_floats = model(images), model([image.float() / 255 for image in images])
+    for a, b in zip(from_bytes, from_floats):
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)

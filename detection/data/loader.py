@@ -66,7 +66,7 @@ class TrainingLoader(DataLoader):
         return self
 
 
-def ignore_stop_signals(worker_id: int) -> None:
+def init_worker(worker_id: int) -> None:
     """A loader worker leaves SIGINT, SIGTERM and SIGUSR2 (the training loop's stop signals) to the main
     process: a signal sent to the whole process group (Ctrl-C, `timeout`, `kill -- -pgid`, SLURM,
     Kubernetes) then stops training after a checkpoint instead of killing the workers under the main
@@ -76,7 +76,8 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 
 def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                 limit: Optional[int] = None, rank: int = 0, world_size: int = 1, augmentation=None) -> DataLoader:
+                 limit: Optional[int] = None, rank: int = 0, world_size: int = 1, augmentation=None,
+                 persistent_workers: bool = False, prefetch_factor: int = 2) -> DataLoader:
     """A DataLoader yielding (list of images, list of targets, skipped count), this rank's share of `dataset`.
 
     Training (`shuffle`): a TrainingLoader over a ResumableSampler (a DistributedSampler, also for one
@@ -88,11 +89,14 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_worker
     Args:
         seed: seeds the shuffling and the augmentation.
         limit: use only the first `limit` items of `dataset`.
+        persistent_workers, prefetch_factor: as DataLoader's, with workers (`num_workers` > 0).
     """
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     options = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_detection,
-                   pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_stop_signals)
+                   pin_memory=torch.cuda.is_available(), worker_init_fn=init_worker)
+    if num_workers:
+        options.update(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
     if shuffle:
         dataset = SeededAugmentation(dataset, seed, augmentation)
         sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, seed=seed, batch_size=batch_size)

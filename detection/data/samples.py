@@ -112,11 +112,13 @@ def read_pixels(path: Path, *, max_image_pixels: Optional[int] = MAX_IMAGE_PIXEL
     try:
         with Image.open(path) as image:
             _check_pixels(path, *image.size, max_image_pixels)
-            upright = ImageOps.exif_transpose(image)
+            # exif_transpose copies every image; an upright one (most) is decoded once, into the array
+            turned = image.getexif().get(EXIF_ORIENTATION, 1) != 1
+            upright = ImageOps.exif_transpose(image) if turned else image
             if upright.mode in SIXTEEN_BIT_MODES:
                 gray = np.round(np.asarray(upright, dtype=np.float64) * (255 / 65535)).clip(0, 255)
                 return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
-            return np.array(upright.convert("RGB"))
+            return np.array(upright if upright.mode == "RGB" else upright.convert("RGB"))
     except ImageTooLarge:
         raise
     except (OSError, ValueError, SyntaxError) as error:
@@ -136,7 +138,7 @@ def read_mask(path: Path) -> np.ndarray:
 class AnnotatedImages(Dataset):
     """The path every reader's samples take, yielding (image, target) in torchvision's detection contract.
 
-    image: float32 [3, H, W] in [0, 1], RGB. target: 'boxes' float32 [N, 4] xyxy pixels, 'labels' int64 [N]
+    image: uint8 [3, H, W], RGB (detection.models take it as it is). target: 'boxes' float32 [N, 4] xyxy pixels, 'labels' int64 [N]
     (0 = background), 'difficult' bool [N], 'image_id' int64 (index in this split), and with `with_masks`
     'masks' uint8 [N, H, W] (from the reader's `instance_masks`).
 
@@ -225,7 +227,8 @@ def augmented(transforms: Optional[Callable], sample: dict[str, Any], path: Path
 
 def to_image_and_target(sample: dict[str, Any], index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """An (augmented) sample of uint8 [H, W, 3] 'image', 'bboxes', 'labels', 'difficult' and, when not None,
-    'masks' (plus 'iscrowd' when present) as torchvision's pair: image float32 [3, H, W] in [0, 1];
+    'masks' (plus 'iscrowd' when present) as torchvision's pair, the image left in bytes: uint8 [3, H, W]
+    (a view of the HWC pixels; the model makes it float on its device, so the CPU never touches float pixels);
     target 'boxes' float32 [N, 4] xyxy pixels, 'labels' int64 [N], 'difficult' bool [N], 'image_id' int64
     (`index`), 'masks' uint8 [N, H, W]."""
     target = {"boxes": torch.as_tensor(np.asarray(sample["bboxes"], dtype=np.float32).reshape(-1, 4)),
@@ -234,8 +237,7 @@ def to_image_and_target(sample: dict[str, Any], index: int) -> tuple[torch.Tenso
               "image_id": torch.tensor(index)}
     if sample.get("masks") is not None:
         target["masks"] = torch.as_tensor(np.asarray(sample["masks"], dtype=np.uint8))
-    image = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1).float().div_(255)
-    return image, target
+    return torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1), target
 
 
 def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]], int]:

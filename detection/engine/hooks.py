@@ -36,22 +36,27 @@ class Hook:
 
 class MetricLogger(Hook):
     """Every `every` steps: `train/<loss>` and `train/loss` averaged over the steps since the last log
-    (summed on the device, read back once), `train/lr` and `train/images_per_s`; the non-finite losses as
-    they come; each epoch's unreadable samples (`train/skipped_samples`)."""
+    (summed on the device, read back once), `train/lr`, `train/images_per_s` and `train/data_wait_fraction`
+    (the share of the time the loop waited for batches), the last two on the progress bar too; the
+    non-finite losses as they come; each epoch's unreadable samples (`train/skipped_samples`). Once per
+    run, a warning when the loop waited for data over `warn_data_wait` of the time two logs running."""
 
-    def __init__(self, tracker: Tracker, *, every: int):
+    def __init__(self, tracker: Tracker, *, every: int, warn_data_wait: Optional[float] = None):
         self.tracker = tracker
         self.every = every
+        self.warn_data_wait = warn_data_wait
         self.progress_bar = None
-        self._reset()
+        self.slow_logs, self.warned = 0, False
+        self._reset(0.0)
 
-    def _reset(self) -> None:
+    def _reset(self, data_wait_s: float) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.steps, self.images, self.started = 0, 0, time.perf_counter()
+        self.steps, self.images, self.started, self.data_wait_s = 0, 0, time.perf_counter(), data_wait_s
 
     def before_epoch(self, state: TrainingState, progress_bar) -> None:
         self.progress_bar, self.skipped = progress_bar, 0
-        self.images, self.started = 0, time.perf_counter()  # the throughput leaves validation out
+        # the throughput and the waiting leave validation out
+        self.images, self.started, self.data_wait_s = 0, time.perf_counter(), state.data_wait_s
 
     def after_step(self, state: TrainingState, outcome: StepOutcome, batch: tuple) -> None:
         self.skipped += batch[2]
@@ -70,13 +75,26 @@ class MetricLogger(Hook):
     def _log(self, state: TrainingState) -> None:
         names = list(self.sums)
         means = [value / self.steps for value in torch.stack([self.sums[n] for n in names]).to("cpu", copy=True).tolist()]
-        images_per_s = self.images / (time.perf_counter() - self.started)
+        elapsed = time.perf_counter() - self.started
+        waiting = (state.data_wait_s - self.data_wait_s) / elapsed
         scalars = {"train/loss": sum(means), **{f"train/{name}": mean for name, mean in zip(names, means)},
-                   "train/lr": state.train_step.optimizer.param_groups[0]["lr"], "train/images_per_s": images_per_s}
+                   "train/lr": state.train_step.optimizer.param_groups[0]["lr"],
+                   "train/images_per_s": self.images / elapsed, "train/data_wait_fraction": waiting}
         self.tracker.log_metrics(scalars, step=state.step)
         if self.progress_bar is not None:
-            self.progress_bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{images_per_s:.1f}")
-        self._reset()
+            self.progress_bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{self.images / elapsed:.1f}",
+                                          data_wait=f"{waiting:.0%}")
+        self._warn_when_data_is_slow(waiting)
+        self._reset(state.data_wait_s)
+
+    def _warn_when_data_is_slow(self, waiting: float) -> None:
+        self.slow_logs = self.slow_logs + 1 if self.warn_data_wait and waiting > self.warn_data_wait else 0
+        if self.slow_logs >= 2 and not self.warned:
+            self.warned = True
+            log.warning("the loop waited for data %.0f%% of the time over the last %d steps: the loader is the "
+                        "bottleneck. More loader processes (trainer.num_workers, up to the CPU cores), a lighter "
+                        "augmentation or smaller images help (trainer.warn_data_wait sets this warning)",
+                        100 * waiting, self.every)
 
     def after_epoch(self, state: TrainingState) -> None:
         skipped = sum(gather_to_all([self.skipped]))

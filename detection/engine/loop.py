@@ -5,8 +5,9 @@ happens around the steps (metrics, debug images, validation, checkpoints) the ho
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -60,6 +61,18 @@ class StopOnSignal:
             signal.signal(number, handler)
 
 
+def timed(batches: Iterable, state: TrainingState) -> Iterator:
+    """`batches`, adding the time spent waiting for each to `state.data_wait_s`."""
+    iterator = iter(batches)
+    while True:
+        started = time.perf_counter()
+        batch = next(iterator, None)
+        if batch is None:
+            return
+        state.data_wait_s += time.perf_counter() - started
+        yield batch
+
+
 def fit(state: TrainingState, loader: TrainingLoader, settings: TrainerSettings, *, hooks: Sequence[Hook],
         checkpoints: Checkpoints) -> dict[str, float]:
     """Trains from where `state` stands (restored from a checkpoint, or new) to `settings.max_epochs`,
@@ -78,7 +91,7 @@ def fit(state: TrainingState, loader: TrainingLoader, settings: TrainerSettings,
                        f"{settings.max_epochs}", disable=not settings.progress, dynamic_ncols=True)
             for hook in hooks:
                 hook.before_epoch(state, bar)
-            for batch in bar:
+            for batch in timed(bar, state):
                 outcome = state.train_step(*batch[:2], stop_requested=stop.requested)
                 state.count(outcome, max_nonfinite_in_row=settings.max_nonfinite_in_row,
                             last_checkpoint=checkpoints.last)

@@ -32,6 +32,8 @@ class TrainerSettings:
     max_epochs: int = 12
     batch_size: int = 8
     num_workers: int = 2
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
     device: str = "auto"
     amp: Any = "auto"
     grad_clip: Optional[float] = None
@@ -47,10 +49,11 @@ class TrainerSettings:
     channels_last: Any = "auto"
     compile: bool = False
     cudnn_benchmark: bool = True
+    warn_data_wait: Optional[float] = 0.25
 
     def __post_init__(self):
         for key, minimum in (("max_epochs", 1), ("batch_size", 1), ("num_workers", 0), ("log_every", 1),
-                             ("max_nonfinite_in_row", 0), ("keep_last", 1)):
+                             ("max_nonfinite_in_row", 0), ("keep_last", 1), ("prefetch_factor", 1)):
             check_at_least(f"trainer.{key}", getattr(self, key), minimum)
         for key in ("checkpoint_every", "limit_train_images", "limit_val_images", "debug_images_every"):
             check_at_least(f"trainer.{key}", getattr(self, key), 1, optional=True)
@@ -62,6 +65,9 @@ class TrainerSettings:
         if not (isinstance(self.channels_last, bool) or self.channels_last == "auto"):
             raise SettingsError(f"trainer.channels_last={self.channels_last!r}: must be auto (true on CUDA), true "
                                 f"or false")
+        if self.warn_data_wait is not None and not 0 < self.warn_data_wait < 1:
+            raise SettingsError(f"trainer.warn_data_wait={self.warn_data_wait!r}: must be a fraction of the step "
+                                f"time between 0 and 1, or null (never warn)")
         if not isinstance(self.device, str) or not self.device:
             raise SettingsError(f"trainer.device={self.device!r}: must be auto, cpu, cuda or cuda:<index>")
 

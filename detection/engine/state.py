@@ -28,6 +28,7 @@ class TrainingState:
         self.best_map, self.metrics = -math.inf, {}
         self.improved = False  # the last validation's val/map is the best so far
         self.nonfinite_in_row = 0
+        self.data_wait_s = 0.0  # seconds the loop has waited for batches in this process (a measure, not saved)
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly as this one would have."""

@@ -8,6 +8,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
 from detection.models.backbones import build_resnet_fpn, load_weights
+from detection.models.images import ByteImageRCNNTransform
 
 COCO_NUM_CLASSES = 91
 
@@ -16,7 +17,7 @@ def build_maskrcnn(*, class_names: Sequence[str], backbone: Callable[..., Backbo
                    weights: Optional[str] = None, mask_hidden_channels: int = 256, min_size: int = 800,
                    max_size: int = 1333) -> MaskRCNN:
     """Mask R-CNN whose box predictor is replaced for `len(class_names) + 1` classes and whose mask
-    predictor is replaced with a `mask_hidden_channels` hidden layer.
+    predictor is replaced with a `mask_hidden_channels` hidden layer; it takes uint8 images too.
 
     Args:
         backbone: builds the trunk, called with `frozen=` whether `weights` are loaded (e.g. a partial of
@@ -30,6 +31,9 @@ def build_maskrcnn(*, class_names: Sequence[str], backbone: Callable[..., Backbo
     model = MaskRCNN(backbone(frozen=weights is not None), num_classes=COCO_NUM_CLASSES if weights else num_classes,
                      min_size=min_size, max_size=max_size)
     load_weights(model, arch="maskrcnn_resnet50_fpn", weights=weights)
+    transform = model.transform
+    model.transform = ByteImageRCNNTransform(transform.min_size, transform.max_size, transform.image_mean,
+                                             transform.image_std)
     box_in_features = model.roi_heads.box_predictor.cls_score.in_features
     model.roi_heads.box_predictor = FastRCNNPredictor(box_in_features, num_classes)
     mask_in_channels = model.roi_heads.mask_predictor.conv5_mask.in_channels

@@ -10,6 +10,7 @@ from torchvision.ops import clip_boxes_to_image
 from detection.models.anchors import AnchorSpec, generate_anchors
 from detection.models.backbones import SSDTrunk
 from detection.models.box_coder import SSDBoxCoder, pad_targets
+from detection.models.images import as_float_image
 from detection.models.postprocess import best_detections, compacted_nms, dense_nms
 
 
@@ -131,8 +132,10 @@ class SSD(nn.Module):
         self.nms_method = nms_method
 
     def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """Resizes each image to the square input and normalises: float [B, 3, S, S]."""
+        """Resizes each image (uint8 or float in [0, 1], [3, H, W]) to the square input and normalises:
+        float [B, 3, S, S]."""
         size = (self.image_size, self.image_size)
+        images = [as_float_image(image) for image in images]
         resized = [image if image.shape[-2:] == size else
                    F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
                    for image in images]
