@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from detection.data.loader import TrainingLoader, build_loader
+from detection.data.loader import TrainingLoader, build_loader, stop_workers
 from detection.engine import hooks
 from detection.engine.artifacts import DebugArtifacts
 from detection.engine.checkpoint import RunLock, load_checkpoint, seed_everything
@@ -237,16 +237,18 @@ def open_training_run(held: ExitStack, cfg: DictConfig, job: Job, run_dir: Path,
     return tracker
 
 
-def training_loaders(train_set, val_set, settings: TrainerSettings, job: Job, seed: int
+def training_loaders(held: ExitStack, train_set, val_set, settings: TrainerSettings, job: Job, seed: int
                      ) -> tuple[TrainingLoader, torch.utils.data.DataLoader]:
     """This rank's shares of the training split (shuffled, augmented with the split's own transforms,
-    reseeded per item) and of the validation split."""
+    reseeded per item) and of the validation split; their workers are stopped as `held` closes."""
     shard = {"rank": job.context.rank, "world_size": job.context.world_size, "seed": seed,
              "batch_size": settings.batch_size, "num_workers": settings.num_workers,
              "persistent_workers": settings.persistent_workers, "prefetch_factor": settings.prefetch_factor}
-    return (build_loader(train_set, shuffle=True, limit=settings.limit_train_images, augmentation=train_set.transforms,
-                         **shard),
-            build_loader(val_set, shuffle=False, limit=settings.limit_val_images, **shard))
+    loaders = (build_loader(train_set, shuffle=True, limit=settings.limit_train_images,
+                            augmentation=train_set.transforms, **shard),
+               build_loader(val_set, shuffle=False, limit=settings.limit_val_images, **shard))
+    held.callback(stop_workers, *loaders)
+    return loaders
 
 
 def training_hooks(cfg: DictConfig, settings: TrainerSettings, job: Job, tracker: Tracker, run_dir: Path,
@@ -258,8 +260,8 @@ def training_hooks(cfg: DictConfig, settings: TrainerSettings, job: Job, tracker
                                   device=job.device, precision=job.precision, progress=settings.progress,
                                   artifacts=artifacts)
     logger = hooks.MetricLogger(tracker, every=settings.log_every, warn_data_wait=settings.warn_data_wait)
-    return ([logger, *([hooks.DebugImages(artifacts)] if artifacts else []),
-             validation],
+    debug_images = [hooks.DebugImages(artifacts)] if artifacts else []
+    return ([logger, *debug_images, validation],
             hooks.Checkpoints(run_dir / "checkpoints", every=settings.checkpoint_every, keep_last=settings.keep_last,
                               is_main=job.is_main))
 

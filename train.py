@@ -46,7 +46,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             edge.build_model(cfg, pretrained=checkpoint is None), device=job.device, context=job.context,
             channels_last=settings.uses_channels_last(job.device.type), compile=settings.compile,
             cudnn_benchmark=settings.cudnn_benchmark, sync_batchnorm=settings.sync_batchnorm)
-        train_loader, val_loader = edge.training_loaders(train_set, val_set, settings, job, cfg.seed)
+        train_loader, val_loader = edge.training_loaders(held, train_set, val_set, settings, job, cfg.seed)
         optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
         scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=settings.max_epochs * len(train_loader))
         state = TrainingState(TrainStep(model, optimizer, scheduler, network=network, device=job.device,

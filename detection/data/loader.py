@@ -66,13 +66,23 @@ class TrainingLoader(DataLoader):
         return self
 
 
-def init_worker(worker_id: int) -> None:
+def ignore_stop_signals(worker_id: int) -> None:
     """A loader worker leaves SIGINT, SIGTERM and SIGUSR2 (the training loop's stop signals) to the main
     process: a signal sent to the whole process group (Ctrl-C, `timeout`, `kill -- -pgid`, SLURM,
     Kubernetes) then stops training after a checkpoint instead of killing the workers under the main
     process. Workers still end with it."""
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
         signal.signal(number, signal.SIG_IGN)
+
+
+def stop_workers(*loaders: DataLoader) -> None:
+    """Ends the loaders' persistent workers now. They ignore the stop signals (`ignore_stop_signals`), so
+    at the interpreter's exit, which ends daemonic processes with SIGTERM and then joins them, a run that
+    stopped by an exception would wait on them forever. DataLoader has no public call for this."""
+    for loader in loaders:
+        if getattr(loader, "_iterator", None) is not None:
+            loader._iterator._shutdown_workers()
+            loader._iterator = None
 
 
 def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int, seed: int,
@@ -94,7 +104,7 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_worker
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     options = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_detection,
-                   pin_memory=torch.cuda.is_available(), worker_init_fn=init_worker)
+                   pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_stop_signals)
     if num_workers:
         options.update(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
     if shuffle:
