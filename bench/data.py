@@ -12,13 +12,12 @@ import argparse
 import os
 import time
 
+import torch
 from hydra.utils import instantiate
 from torch.utils.data import Dataset
 
 from common import compose_config, device_name
 from detection.data.loader import build_loader
-
-import torch
 
 SETTINGS = {"none": ("augment=none", "anchors=ssd300"), "ssd at 300": ("augment=ssd", "anchors=ssd300"),
             "ssd at 512": ("augment=ssd", "anchors=voc512")}

@@ -41,10 +41,10 @@ class Annotation:
     instance_ids: np.ndarray
     size: Optional[tuple[int, int]]
 
-    def kept(self, keep: np.ndarray, **changes: Any) -> "Annotation":
-        """The objects where bool [N] `keep` is true, with `changes` to other fields (image_path, boxes of all N, ...)."""
-        arrays = {name: changes.pop(name, getattr(self, name)) for name in ("boxes", "labels", "difficult", "instance_ids")}
-        return replace(self, **changes, **{name: array[keep] for name, array in arrays.items()})
+    def kept(self, keep: np.ndarray) -> "Annotation":
+        """The objects where bool [N] `keep` is true."""
+        return replace(self, **{name: getattr(self, name)[keep] for name in ("boxes", "labels", "difficult",
+                                                                             "instance_ids")})
 
 
 def skips_bad_samples(on_bad_sample: str) -> bool:
@@ -138,9 +138,9 @@ def read_mask(path: Path) -> np.ndarray:
 class AnnotatedImages(Dataset):
     """The path every reader's samples take, yielding (image, target) in torchvision's detection contract.
 
-    image: uint8 [3, H, W], RGB (detection.models take it as it is). target: 'boxes' float32 [N, 4] xyxy pixels, 'labels' int64 [N]
-    (0 = background), 'difficult' bool [N], 'image_id' int64 (index in this split), and with `with_masks`
-    'masks' uint8 [N, H, W] (from the reader's `instance_masks`).
+    image: uint8 [3, H, W], RGB (detection.models take it as it is). target: 'boxes' float32 [N, 4] xyxy
+    pixels, 'labels' int64 [N] (0 = background), 'difficult' bool [N], 'image_id' int64 (index in this
+    split), and with `with_masks` 'masks' uint8 [N, H, W] (from the reader's `instance_masks`).
 
     A reader fills `annotations` with `collect`; a sample is then its image read upright (EXIF orientation
     applied), checked against the annotation's size, its masks read, `transforms` applied and converted.

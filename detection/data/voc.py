@@ -4,6 +4,7 @@ for instance masks, SegmentationObject/*.png."""
 import logging
 import xml.etree.ElementTree as ET
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
@@ -147,7 +148,7 @@ class VOCDetection(AnnotatedImages):
         clipped, keep = clip_to_image(objects.boxes, *size, self.fixes)
         if not keep_difficult:
             keep &= ~objects.difficult
-        return objects.kept(keep, boxes=clipped, image_path=image_path, size=size)
+        return replace(objects, boxes=clipped, image_path=image_path, size=size).kept(keep)
 
     def _image_path(self, image_id: str, filename: Optional[str], xml_path: Path) -> Path:
         """JPEGImages/<the XML's filename>, else JPEGImages/<id> with the first image extension found."""
