@@ -15,7 +15,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import psutil
 import torch
@@ -249,6 +249,11 @@ def training_loaders(held: ExitStack, train_set, val_set, settings: TrainerSetti
                build_loader(val_set, shuffle=False, limit=settings.limit_val_images, **shard))
     held.callback(stop_workers, *loaders)
     return loaders
+
+
+def device_augmentation(train_set) -> Optional[Callable]:
+    """The training split's transforms when they run on the device (`augment=ssd_gpu`), else None."""
+    return train_set.transforms if getattr(train_set.transforms, "decodes_on_device", False) else None
 
 
 def training_hooks(cfg: DictConfig, settings: TrainerSettings, job: Job, tracker: Tracker, run_dir: Path,

@@ -65,6 +65,7 @@ def check_train(cfg: DictConfig) -> TrainerSettings:
         raise SettingsError(f"unknown top-level key(s) {unknown}; known: {known}")
     check_seed(cfg.seed)
     check_model_parts(cfg)
+    check_augment_on_device(cfg)
     return TrainerSettings.from_mapping(OmegaConf.to_container(cfg.trainer, resolve=True))
 
 
@@ -76,6 +77,14 @@ def check_model_parts(cfg: DictConfig) -> None:
         if cfg.get(part) is not None and part not in used:
             raise SettingsError(f"{part} is set but model={cfg.model.get('name')} does not use it; its parts: "
                                 f"{sorted(used & set(MODEL_PARTS))}")
+
+
+def check_augment_on_device(cfg: DictConfig) -> None:
+    """Refuses augment=ssd_gpu for Mask R-CNN: the device's augmentation moves no instance masks."""
+    on_device = str(cfg.get("augment", {}).get("_target_", "")).endswith(".DeviceSSDAugmentation")
+    if on_device and "maskrcnn" in str(cfg.model.get("_target_", "")):
+        raise SettingsError("augment=ssd_gpu moves boxes but no instance masks, which Mask R-CNN trains on: "
+                            "use the loader's augmentation (augment=basic or augment=none) for model=maskrcnn")
 
 
 def check_evaluate(cfg: DictConfig) -> None:

@@ -50,7 +50,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
         scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=settings.max_epochs * len(train_loader))
         state = TrainingState(TrainStep(model, optimizer, scheduler, network=network, device=job.device,
-                                        precision=job.precision, grad_clip=settings.grad_clip),
+                                        precision=job.precision, grad_clip=settings.grad_clip,
+                                        augment=edge.device_augmentation(train_set)),
                               extras=edge.checkpoint_extras(cfg, tracker, fingerprint))
         if checkpoint is not None:
             state.restore(checkpoint)

@@ -22,6 +22,7 @@ T = TypeVar("T")
 Image.MAX_IMAGE_PIXELS = None
 MAX_IMAGE_PIXELS = 178_956_970  # the default: where PIL's own check raised (twice its warning level)
 EXIF_ORIENTATION = 0x0112
+JPEG_START = b"\xff\xd8"  # the SOI marker every JPEG file begins with
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # grayscale of up to 16 bits a pixel
 
 
@@ -187,19 +188,39 @@ class AnnotatedImages(Dataset):
         return load_or_skip(annotation.image_path, lambda: self.sample(annotation, index), skip=self.skip_bad)
 
     def sample(self, annotation: Annotation, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if getattr(self.transforms, "decodes_on_device", False):
+            return self.planned_sample(annotation, index)
         pixels = read_pixels(annotation.image_path, max_image_pixels=self.max_image_pixels)
         height, width = pixels.shape[:2]
-        if annotation.size is not None and annotation.size != (width, height):
-            raise ValueError(f"{annotation.image_path} is {width}x{height} but {annotation.source} says "
-                             f"{annotation.size[0]}x{annotation.size[1]}")
+        check_size(annotation, width, height)
         masks = self.instance_masks(annotation, height, width) if self.with_masks else None
         sample = {"image": pixels, "bboxes": annotation.boxes, "labels": annotation.labels,
                   "difficult": annotation.difficult, "masks": masks}
         return to_image_and_target(augmented(self.transforms, sample, annotation.image_path), index)
 
+    def planned_sample(self, annotation: Annotation, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """For augmentation on the device: the JPEG's bytes uint8 [L] as stored, or, for other formats and
+        images turned by EXIF (the GPU decoder ignores the orientation), the pixels uint8 [3, H, W]; with the
+        target the transforms' `plan` draws. Instance masks are not read (nothing on the device moves them)."""
+        path = annotation.image_path
+        (width, height), orientation = image_header(path, self.max_image_pixels)
+        check_size(annotation, width, height)
+        data = np.fromfile(path, dtype=np.uint8)
+        if orientation != 1 or data[:2].tobytes() != JPEG_START:
+            data = read_pixels(path, max_image_pixels=self.max_image_pixels).transpose(2, 0, 1)
+        return self.transforms.plan(torch.from_numpy(np.ascontiguousarray(data)), width, height, boxes=annotation.boxes,
+                                    labels=annotation.labels, difficult=annotation.difficult, index=index)
+
     def instance_masks(self, annotation: Annotation, height: int, width: int) -> np.ndarray:
         """uint8 [N, height, width], one mask per object of `annotation`."""
         raise NotImplementedError(f"{type(self).__name__} has no instance masks")
+
+
+def check_size(annotation: Annotation, width: int, height: int) -> None:
+    """ValueError naming both files when the image is not the size its annotation gives."""
+    if annotation.size is not None and annotation.size != (width, height):
+        raise ValueError(f"{annotation.image_path} is {width}x{height} but {annotation.source} says "
+                         f"{annotation.size[0]}x{annotation.size[1]}")
 
 
 def load_or_skip(path: Path, load: Callable[[], T], *, skip: bool) -> Optional[T]:

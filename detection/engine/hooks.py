@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class Hook:
-    """Does nothing; a hook overrides what it needs. `batch` is (images, targets, skipped samples)."""
+    """Does nothing; a hook overrides what it needs. `batch` is (images, targets, skipped samples), the
+    images and targets on the step's device as the network took them."""
 
     def before_epoch(self, state: TrainingState, progress_bar) -> None:
         pass

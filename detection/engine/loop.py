@@ -91,7 +91,8 @@ def fit(state: TrainingState, loader: TrainingLoader, settings: TrainerSettings,
                        f"{settings.max_epochs}", disable=not settings.progress, dynamic_ncols=True)
             for hook in hooks:
                 hook.before_epoch(state, bar)
-            for batch in timed(bar, state):
+            for images, targets, skipped in timed(bar, state):
+                batch = (*state.train_step.on_device(images, targets), skipped)
                 outcome = state.train_step(*batch[:2], stop_requested=stop.requested)
                 state.count(outcome, max_nonfinite_in_row=settings.max_nonfinite_in_row,
                             last_checkpoint=checkpoints.last)

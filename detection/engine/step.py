@@ -37,11 +37,14 @@ class TrainStep:
         model: the module whose state is saved; `network` runs it (default: the model itself).
         precision: the autocast dtype; fp16 brings a GradScaler on CUDA.
         grad_clip: max gradient norm, or None.
+        augment: the batch's augmentation on the device, called as augment(images, targets, device) on the
+            loader's batch (a DeviceSSDAugmentation), or None.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, *, device: torch.device,
-                 precision: Precision = FP32, grad_clip: Optional[float] = None, network: Optional[nn.Module] = None):
+                 precision: Precision = FP32, grad_clip: Optional[float] = None, network: Optional[nn.Module] = None,
+                 augment: Optional[Callable] = None):
         self.model = model
         self.network = network or model
         self.optimizer = optimizer
@@ -49,7 +52,14 @@ class TrainStep:
         self.device = device
         self.precision = precision
         self.grad_clip = grad_clip
+        self.augment = augment
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_grad_scaler and device.type == "cuda")
+
+    def on_device(self, images: list[torch.Tensor], targets: list[dict]) -> tuple[list[torch.Tensor], list[dict]]:
+        """A batch from the loader on the step's device, augmented there when the step has `augment`."""
+        if self.augment is not None:
+            return self.augment(images, targets, self.device)
+        return to_device(images, targets, self.device)
 
     def __call__(self, images: list[torch.Tensor], targets: list[dict], *,
                  stop_requested: Callable[[], bool] = lambda: False) -> StepOutcome:
