@@ -28,6 +28,7 @@ bench: $(INSTALLED)
 	$(PY) bench/inference.py
 	$(PY) bench/eval.py
 	$(PY) bench/data.py
+	$(PY) bench/loop.py
 
 mlflow-ui: $(INSTALLED)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1

@@ -3,7 +3,9 @@ CUDA where present. The same properties as the CPU recipe (boxes inside and non-
 empty targets survive), pixels that match the CPU warp, colour changes that match torchvision's, plans
 repeatable per item, no read back to the host, and the real BCCD JPEGs through the dataset and the step."""
 
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,14 +16,14 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import REPO, run_script
-from detection.data.device_augment import DeviceSSDAugmentation, colour_jitter, warp_batch
+from detection.data.device_augment import DeviceSSDAugmentation, colour_jitter, decoded, padded_batch, warp_batch
 from detection.data.geometry import SSDGeometry, warp_pixels
 from detection.data.loader import build_loader
 from detection.engine.checkpoint import load_checkpoint
 from detection.engine.host_reads import HostReads
 from detection.engine.step import TrainStep
 
-BCCD = REPO.parent / "shared" / "data" / "BCCD_Dataset" / "BCCD"
+BCCD = Path(os.environ.get("BCCD_ROOT", REPO.parent / "shared" / "data" / "BCCD_Dataset" / "BCCD"))
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA")])]
 
@@ -79,6 +81,30 @@ def test_the_warp_matches_the_cpu_recipes_warp(device):
         theirs = torch.from_numpy(warp_pixels(image, matrix, 300, fill=(0, 0, 0))).permute(2, 0, 1)
         difference = (ours.int() - theirs.int()).abs()
         assert difference.float().mean() < 0.5 and torch.quantile(difference.float(), 0.99) <= 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_batch_after_decoding_never_waits_for_the_gpu():
+    """CUDA's own check: padding, colour and warp make no synchronising call (the constants were copied once)."""
+    augmentation = DeviceSSDAugmentation(SSDGeometry(96, zoom_p=0.7))
+    plans = []
+    for seed in range(8):
+        encoded, (width, height), annotation = jpeg_sample(seed)
+        augmentation.set_random_seed(seed)
+        plans.append(augmentation.plan(encoded, width, height, index=seed, **annotation))
+    images, targets = [image for image, _ in plans], [target for _, target in plans]
+    augmentation(images, targets, torch.device("cuda"))  # the first call copies the constants
+    pixels = decoded(images, torch.device("cuda"))
+    warps = torch.stack([t["warp"] for t in targets]).cuda()
+    colours = torch.stack([t["colour"] for t in targets]).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batch, valid = padded_batch(pixels)
+        warp_batch(colour_jitter(batch, valid, colours) * valid, warps, 96)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_colour_changes_match_torchvisions_and_the_hue_turns_round():

@@ -3,6 +3,7 @@ item's plan (the affine map of SSDGeometry, which also moves its boxes, and the 
 item like the CPU recipe; the device then decodes the batch (nvJPEG through torchvision.io.decode_jpeg) and
 applies the plan to all images at once: colour, then one warp (affine_grid + grid_sample)."""
 
+import functools
 import warnings
 from typing import Sequence
 
@@ -16,7 +17,8 @@ from detection.engine.device import to_device
 
 # ITU-R 601 luma, and RGB <-> YIQ, where a hue shift is a rotation about the luma axis
 LUMA = (0.299, 0.587, 0.114)
-RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ)
 
 
 class DeviceSSDAugmentation:
@@ -81,11 +83,18 @@ class DeviceSSDAugmentation:
             return [], targets
         pixels, valid = padded_batch(decoded(images, device))
         pixels = colour_jitter(pixels, valid, torch.stack([t["colour"] for t in targets]))
-        fill = torch.tensor(self.fill, device=device).view(1, 3, 1, 1)
+        fill = device_constant(self.fill, device).view(1, 3, 1, 1)
         warped = warp_batch((pixels - fill) * valid, torch.stack([t["warp"] for t in targets]), self.geometry.size)
         out = (warped + fill).round_().clamp_(0, 255).to(torch.uint8)
         kept = [{k: v for k, v in t.items() if k not in ("warp", "colour")} for t in targets]
         return list(out.unbind(0)), kept
+
+
+@functools.lru_cache(maxsize=64)
+def device_constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """float [len(values)] on `device`, copied there once: a copy from the host's ordinary memory waits for
+    the GPU's queue, so a constant made afresh for each batch would stall it."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def decoded(images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -117,7 +126,7 @@ def colour_jitter(pixels: torch.Tensor, valid: torch.Tensor, colour: torch.Tenso
     `valid`), saturation and hue (a rotation in YIQ) factors, then channel order, from `colour` [B, 7];
     clipped to 0..255 after each change, as ColorJitter does on 8-bit images."""
     brightness, contrast, saturation, hue = (colour[:, k].view(-1, 1, 1, 1) for k in range(4))
-    luma_weights = pixels.new_tensor(LUMA).view(1, 3, 1, 1)
+    luma_weights = device_constant(LUMA, pixels.device).view(1, 3, 1, 1)
     pixels = (pixels * brightness).clamp(0, 255)
     mean_luma = (pixels * luma_weights * valid).sum((1, 2, 3), keepdim=True) / valid.sum((1, 2, 3), keepdim=True)
     pixels = ((pixels - mean_luma) * contrast + mean_luma).clamp(0, 255)
@@ -130,20 +139,28 @@ def colour_jitter(pixels: torch.Tensor, valid: torch.Tensor, colour: torch.Tenso
 
 def hue_rotation(turns: torch.Tensor) -> torch.Tensor:
     """float [B, 3, 3] RGB-to-RGB matrices turning the hue by `turns` [B] (fractions of a full turn)."""
-    angle = turns.double() * 2 * torch.pi
+    angle = turns * 2 * torch.pi
     cos, sin, one, zero = angle.cos(), angle.sin(), torch.ones_like(angle), torch.zeros_like(angle)
     rotation = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], dim=1).view(-1, 3, 3)
-    to_yiq = RGB_TO_YIQ.to(turns.device)
-    return (torch.linalg.inv(to_yiq) @ rotation @ to_yiq).float()
+    to_yiq, to_rgb = (device_constant(tuple(matrix.flat), turns.device).view(3, 3) for matrix in (RGB_TO_YIQ, YIQ_TO_RGB))
+    return to_rgb @ rotation @ to_yiq
 
 
 def warp_batch(pixels: torch.Tensor, warp: torch.Tensor, size: int) -> torch.Tensor:
     """float [B, C, H, W] resampled (bilinear, zeros outside) to [B, C, size, size] by `warp` [B, 2, 3],
     each image's map from its source pixels to output pixels (continuous, as SSDGeometry draws it)."""
     height, width = pixels.shape[2:]
-    inverse = torch.linalg.inv(warp[:, :, :2])  # output pixels to source pixels: inverse @ (out - shift)
-    to_input = pixels.new_tensor([2 / width, 2 / height]).view(1, 2, 1)  # source pixels to grid_sample's [-1, 1]
+    inverse = inverse_2x2(warp[:, :, :2])  # output pixels to source pixels: inverse @ (out - shift)
+    to_input = device_constant((2 / width, 2 / height), pixels.device).view(1, 2, 1)  # to grid_sample's [-1, 1]
     linear = to_input * inverse * (size / 2)
     shift = to_input * (inverse @ (size / 2 - warp[:, :, 2:])) - 1
     grid = F.affine_grid(torch.cat([linear, shift], dim=2), [len(pixels), pixels.shape[1], size, size], align_corners=False)
     return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def inverse_2x2(matrices: torch.Tensor) -> torch.Tensor:
+    """The inverses of invertible float [B, 2, 2] matrices, in closed form (torch.linalg.inv checks for
+    singular input, a read back to the host on a GPU)."""
+    (a, b), (c, d) = matrices[:, 0].unbind(1), matrices[:, 1].unbind(1)
+    adjugate = torch.stack([d, -b, -c, a], dim=1).view(-1, 2, 2)
+    return adjugate / (a * d - b * c).view(-1, 1, 1)
