@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 # 2 epochs of 4 steps, a checkpoint every step, augmentation on and a loader worker: everything that could
 # make a resumed run differ is in play
-SETTINGS = ["debug=smoke", "backbone=resnet18", "anchors=shapes128", "augment=basic", *SMALL_SHAPES,
+SETTINGS = ["debug=smoke", "backbone=resnet18", "anchors=shapes128", "augment=ssd", *SMALL_SHAPES,
             "trainer.limit_train_images=8", "trainer.max_epochs=2", "trainer.checkpoint_every=1",
             "trainer.num_workers=1", "tracking=none"]
 
