@@ -93,8 +93,9 @@ class MetricLogger(Hook):
         if self.slow_logs >= 2 and not self.warned:
             self.warned = True
             log.warning("the loop waited for data %.0f%% of the time over the last %d steps: the loader is the "
-                        "bottleneck. More loader processes (trainer.num_workers, up to the CPU cores), a lighter "
-                        "augmentation or smaller images help (trainer.warn_data_wait sets this warning)",
+                        "bottleneck. More loader processes (trainer.num_workers, up to the CPU cores), the "
+                        "augmentation on the GPU (augment=ssd_gpu for augment=ssd), a lighter augmentation or "
+                        "smaller images help (trainer.warn_data_wait sets this warning)",
                         100 * waiting, self.every)
 
     def after_epoch(self, state: TrainingState) -> None:
