@@ -70,6 +70,9 @@ def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, DictConfig, dict
     """The model a training checkpoint holds, rebuilt from its stored configuration with its weights (on the
     CPU, in train mode as built); returns (model, the run's resolved configuration, the checkpoint)."""
     checkpoint = load_checkpoint(path)
+    if not {"config", "model", "class_names"} <= set(checkpoint):
+        raise ValueError(f"{path}: not a training checkpoint of this project (it holds {sorted(checkpoint)[:5]}, "
+                         "not config, model and class_names; train.py writes them to checkpoints/)")
     trained = OmegaConf.create(checkpoint["config"])
     model = build_model(trained, pretrained=False)
     model.load_state_dict(checkpoint["model"])

@@ -50,10 +50,25 @@ class EvaluateConfig:
     device: str = "auto"
 
 
+@dataclass
+class PredictConfig:
+    """Top-level keys of `predict.yaml`."""
+
+    ckpt_path: str = MISSING
+    source: str = MISSING
+    score_threshold: float = 0.3
+    batch_size: int = 8
+    num_workers: int = 2
+    device: str = "auto"
+    draw: bool = True
+    progress: bool = True
+
+
 def register() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
+    store.store(name="predict_schema", node=PredictConfig)
 
 
 def check_train(cfg: DictConfig) -> TrainerSettings:
@@ -91,6 +106,13 @@ def check_evaluate(cfg: DictConfig) -> None:
     """Refuses a batch size under 1 or a negative worker count, naming the key."""
     check_at_least("batch_size", cfg.batch_size, 1)
     check_at_least("num_workers", cfg.num_workers, 0)
+
+
+def check_predict(cfg: DictConfig) -> None:
+    """As check_evaluate, and a score threshold within 0..1."""
+    check_evaluate(cfg)
+    if not 0 <= cfg.score_threshold <= 1:
+        raise SettingsError(f"score_threshold must be within 0..1, got {cfg.score_threshold}")
 
 
 register()
