@@ -4,6 +4,7 @@ drawn with its detections, and every detection in predictions.json (COCO results
     python predict.py ckpt_path=outputs/.../checkpoints/best.pt source=path/to/images
     python predict.py ckpt_path=... source='photos/**/*.jpg' score_threshold=0.5
     python predict.py ckpt_path=... source=clip.mp4      # clip.mp4 drawn, in the run directory
+    python predict.py model_path=model.onnx source=...   # an export.py file, through onnxruntime
 """
 
 import logging
@@ -20,22 +21,29 @@ log = logging.getLogger(__name__)
 
 def run_prediction(cfg: DictConfig) -> dict[str, float]:
     # imported once the settings passed their check: a bad setting is refused before torch loads
+    import torch
     from torch.utils.data import DataLoader
 
     import edge
     from detection.data.sources import ImageFiles, VideoFrames, VideoWriter, collate_files, image_files, is_video
     from detection.engine.device import resolve_device
     from detection.engine.prediction import PredictionWriter, predict_batches
+    from detection.models.export import ExportedDetector
 
-    model, _, checkpoint = edge.model_from_checkpoint(Path(cfg.ckpt_path))
-    device = resolve_device(cfg.device)
+    if cfg.model_path:  # an exported file, run as it would be deployed (on the CPU)
+        model, device = ExportedDetector(Path(cfg.model_path)), torch.device("cpu")
+        class_names = model.class_names
+    else:
+        model, _, checkpoint = edge.model_from_checkpoint(Path(cfg.ckpt_path))
+        device, class_names = resolve_device(cfg.device), checkpoint["class_names"]
+        model.to(device)
     run_dir, source = edge.run_dir(), Path(cfg.source)
     options = {"score_threshold": cfg.score_threshold, "draw": cfg.draw}
     if is_video(cfg.source):
         frames = VideoFrames(source)
         video = VideoWriter(run_dir / f"{source.stem}.mp4", frames.fps) if cfg.draw else None
-        writer = PredictionWriter(run_dir, checkpoint["class_names"], video=video, **options)
-        predict_batches(model.to(device), frames.batches(cfg.batch_size), writer, device=device,
+        writer = PredictionWriter(run_dir, class_names, video=video, **options)
+        predict_batches(model, frames.batches(cfg.batch_size), writer, device=device,
                         total=frames.batch_count(cfg.batch_size), progress=cfg.progress)
     else:
         paths, others = image_files(cfg.source)
@@ -43,8 +51,8 @@ def run_prediction(cfg: DictConfig) -> dict[str, float]:
             log.info("%s: %d files that are not images passed over", cfg.source, others)
         loader = DataLoader(ImageFiles(paths), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                             collate_fn=collate_files)
-        writer = PredictionWriter(run_dir, checkpoint["class_names"], **options)
-        predict_batches(model.to(device), loader, writer, device=device, total=len(loader), progress=cfg.progress)
+        writer = PredictionWriter(run_dir, class_names, **options)
+        predict_batches(model, loader, writer, device=device, total=len(loader), progress=cfg.progress)
     summary = writer.close()
     log.info("%d images, %d detections at score >= %.2f, %d unreadable (listed in images.json); %.1f images/s "
              "in the model; results in %s", summary["images"], summary["detections"], cfg.score_threshold,

@@ -54,7 +54,8 @@ class EvaluateConfig:
 class PredictConfig:
     """Top-level keys of `predict.yaml`."""
 
-    ckpt_path: str = MISSING
+    ckpt_path: Optional[str] = None
+    model_path: Optional[str] = None
     source: str = MISSING
     score_threshold: float = 0.3
     batch_size: int = 8
@@ -64,11 +65,23 @@ class PredictConfig:
     progress: bool = True
 
 
+@dataclass
+class ExportConfig:
+    """Top-level keys of `export.yaml`."""
+
+    ckpt_path: str = MISSING
+    format: str = "onnx"
+    output: Optional[str] = None
+    check: bool = True
+    check_images: int = 4
+
+
 def register() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
     store.store(name="predict_schema", node=PredictConfig)
+    store.store(name="export_schema", node=ExportConfig)
 
 
 def check_train(cfg: DictConfig) -> TrainerSettings:
@@ -109,10 +122,19 @@ def check_evaluate(cfg: DictConfig) -> None:
 
 
 def check_predict(cfg: DictConfig) -> None:
-    """As check_evaluate, and a score threshold within 0..1."""
+    """As check_evaluate, a score threshold within 0..1, and one model: ckpt_path or model_path."""
     check_evaluate(cfg)
+    if bool(cfg.ckpt_path) == bool(cfg.model_path):
+        raise SettingsError("give one of ckpt_path (a training checkpoint) and model_path (an exported file)")
     if not 0 <= cfg.score_threshold <= 1:
         raise SettingsError(f"score_threshold must be within 0..1, got {cfg.score_threshold}")
 
 
 register()
+
+
+def check_export(cfg: DictConfig) -> None:
+    """Refuses an unknown format or a negative image count, naming the key."""
+    if cfg.format not in ("onnx", "torchscript"):
+        raise SettingsError(f"format must be onnx or torchscript, got {cfg.format!r}")
+    check_at_least("check_images", cfg.check_images, 0)

@@ -24,6 +24,16 @@ def shapes_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("shapes")
 
 
+@pytest.fixture(scope="session")
+def smoke_ssd(tmp_path_factory, shapes_root) -> tuple[Path, list[Path]]:
+    """A smoke-trained SSD128-ResNet18 checkpoint, and the shapes JPEGs."""
+    folder = tmp_path_factory.mktemp("smoke_ssd")
+    result = run_script("train.py", "debug=smoke", "backbone=resnet18", "anchors=shapes128", *SMALL_SHAPES,
+                        f"dataset.root={shapes_root}", "tracking=none", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder / "run" / "checkpoints" / "last.pt", sorted(shapes_root.glob("*/JPEGImages/*.jpg"))
+
+
 @pytest.fixture
 def compose_train(shapes_root):
     """compose_train(*overrides) -> the composed train config, as `python train.py overrides` would see it."""

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from conftest import SMALL_SHAPES, run_script
+from conftest import run_script
 from detection.engine.prediction import coco_records
 from detection.data.samples import read_pixels
 from edge import model_from_checkpoint
@@ -30,24 +30,13 @@ def test_coco_records_keep_what_scores_enough_as_xywh_with_names_and_rle_masks()
     np.testing.assert_array_equal(decoded, (masks[0, 0] > 0.5).numpy())
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, shapes_root):
-    """A smoke-trained SSD128-ResNet18 checkpoint and the shapes validation JPEGs it has not trained on."""
-    folder = tmp_path_factory.mktemp("trained")
-    result = run_script("train.py", "debug=smoke", "backbone=resnet18", "anchors=shapes128", *SMALL_SHAPES,
-                        f"dataset.root={shapes_root}", "tracking=none", cwd=folder)
-    assert result.returncode == 0, result.stderr
-    images = sorted(shapes_root.glob("*/JPEGImages/*.jpg"))
-    return folder / "run" / "checkpoints" / "last.pt", images
-
-
 def predict(tmp_path, *overrides):
     return run_script("predict.py", *overrides, "progress=false", "num_workers=0", cwd=tmp_path)
 
 
 @pytest.mark.slow
-def test_a_folder_is_predicted_drawn_and_written_as_the_model_sees_it(tmp_path, trained):
-    checkpoint, images = trained
+def test_a_folder_is_predicted_drawn_and_written_as_the_model_sees_it(tmp_path, smoke_ssd):
+    checkpoint, images = smoke_ssd
     folder = tmp_path / "photos"
     folder.mkdir()
     for image in images[:5]:
@@ -82,8 +71,8 @@ def test_a_folder_is_predicted_drawn_and_written_as_the_model_sees_it(tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_glob_and_a_video(tmp_path, trained):
-    checkpoint, images = trained
+def test_a_glob_and_a_video(tmp_path, smoke_ssd):
+    checkpoint, images = smoke_ssd
     result = predict(tmp_path, f"ckpt_path={checkpoint}", f"source={images[0].parent}/*.jpg", "draw=false")
     assert result.returncode == 0, result.stderr
     assert len(json.loads((tmp_path / "run" / "images.json").read_text())["images"]) == len(images)
@@ -105,8 +94,8 @@ def test_a_glob_and_a_video(tmp_path, trained):
 
 
 @pytest.mark.slow
-def test_bad_input_is_one_line_naming_the_path(tmp_path, trained):
-    checkpoint, _ = trained
+def test_bad_input_is_one_line_naming_the_path(tmp_path, smoke_ssd):
+    checkpoint, _ = smoke_ssd
     (tmp_path / "empty").mkdir()
     (tmp_path / "fake.mp4").write_text("not a video")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")

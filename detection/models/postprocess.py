@@ -46,21 +46,29 @@ def compacted_nms(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor
     return keep
 
 
-def best_detections(boxes: torch.Tensor, scores: torch.Tensor, keep: torch.Tensor,
-                    limit: int) -> list[dict[str, torch.Tensor]]:
-    """Each image's `limit` best kept candidates, best first.
+def padded_best_detections(boxes: torch.Tensor, scores: torch.Tensor, keep: torch.Tensor, limit: int
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each image's `limit` best kept candidates, best first, in fixed shapes (what an export returns).
 
     Args:
         boxes: float [B, C, K, 4]; scores: float [B, C, K] (>= 0); keep: bool [B, C, K]; class c is label c + 1.
     Returns:
-        per image {'boxes' float [N, 4], 'labels' int64 [N], 'scores' float [N]}. The per-image counts are
-        the call's one read back to the host.
+        boxes float [B, L, 4], labels int64 [B, L], scores float [B, L] and counts int64 [B]: the first
+        counts[b] rows of image b are its detections; the rows after them are zero.
     """
     batch, classes, per_class = scores.shape
     best, index = torch.where(keep, scores, -1.0).flatten(1).topk(min(limit, classes * per_class), dim=1)
-    # a real copy, so that the read is one op a dispatch counter sees on the CPU as on CUDA
-    counts = (best >= 0).sum(dim=1).to("cpu", copy=True).tolist()
+    valid = best >= 0
     chosen = boxes.flatten(1, 2).gather(1, index[..., None].expand(-1, -1, 4))
     labels = index // per_class + 1
-    return [{"boxes": chosen[image, :count], "labels": labels[image, :count], "scores": best[image, :count]}
+    return (chosen * valid[..., None], torch.where(valid, labels, 0), best.clamp(min=0), valid.sum(dim=1))
+
+
+def per_image(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, counts: torch.Tensor
+              ) -> list[dict[str, torch.Tensor]]:
+    """`padded_best_detections`' tensors cut to each image's count: {'boxes', 'labels', 'scores'} per image.
+    The counts are the one read back to the host."""
+    # a real copy, so that the read is one op a dispatch counter sees on the CPU as on CUDA
+    counts = counts.to("cpu", copy=True).tolist()
+    return [{"boxes": boxes[image, :count], "labels": labels[image, :count], "scores": scores[image, :count]}
             for image, count in enumerate(counts)]

@@ -11,7 +11,7 @@ from detection.models.anchors import AnchorSpec, generate_anchors
 from detection.models.backbones import SSDTrunk
 from detection.models.box_coder import SSDBoxCoder, pad_targets
 from detection.models.images import as_float_image
-from detection.models.postprocess import best_detections, compacted_nms, dense_nms
+from detection.models.postprocess import compacted_nms, dense_nms, padded_best_detections, per_image
 
 
 def check_boxes(boxes: torch.Tensor, valid: torch.Tensor) -> None:
@@ -139,7 +139,11 @@ class SSD(nn.Module):
         resized = [image if image.shape[-2:] == size else
                    F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
                    for image in images]
-        return (torch.stack(resized) - self.image_mean) / self.image_std
+        return self.normalise(torch.stack(resized))
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """float [B, 3, S, S] in [0, 1] -> the network's input (less the mean, over the deviation)."""
+        return (images - self.image_mean) / self.image_std
 
     def forward(self, images: list[torch.Tensor], targets: Optional[list[dict[str, torch.Tensor]]] = None):
         image_sizes = [tuple(image.shape[-2:]) for image in images]
@@ -163,20 +167,27 @@ class SSD(nn.Module):
     @torch.no_grad()
     def postprocess(self, loc: torch.Tensor, cls: torch.Tensor,
                     image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """Each image's detections (see `padded_detections`), in its own pixels. One host read."""
+        scale = loc.new_tensor([[width / self.image_size, height / self.image_size] * 2
+                                for height, width in image_sizes]).float()
+        return per_image(*self.padded_detections(loc, cls, scale, dense=self.dense_nms(loc.device)))
+
+    def padded_detections(self, loc: torch.Tensor, cls: torch.Tensor, scale: torch.Tensor, *, dense: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Softmax, each class's best `candidates_per_class` anchors above the score threshold, NMS for all
-        images and classes at once, then each image's best `detections_per_image`. One host read."""
+        images and classes at once (`dense`: `dense_nms`, in fixed shapes; else `compacted_nms`), then each
+        image's best `detections_per_image`, boxes scaled by float [B, 4] `scale` (input to image pixels);
+        as `padded_best_detections` returns them."""
         batch, num_anchors, num_classes = cls.shape
         scores = F.softmax(cls.float(), dim=-1)[..., 1:].transpose(1, 2)  # [B, C-1, A]
         boxes = clip_boxes_to_image(self.box_coder.decode(loc.float()), (self.image_size,) * 2)  # [B, A, 4]
         top_scores, top_anchors = scores.topk(min(self.candidates_per_class, num_anchors), dim=-1)  # best first
         candidates = boxes.gather(1, top_anchors.flatten(1)[..., None].expand(-1, -1, 4))
         candidates = candidates.view(*top_scores.shape, 4)  # [B, C-1, K, 4]
-        nms = dense_nms if self.dense_nms(loc.device) else compacted_nms
+        nms = dense_nms if dense else compacted_nms
         keep = nms(candidates.flatten(0, 1), top_scores.flatten(0, 1), top_scores.flatten(0, 1) > self.score_threshold,
                    self.nms_threshold).view_as(top_scores)
-        scale = loc.new_tensor([[width / self.image_size, height / self.image_size] * 2
-                                for height, width in image_sizes]).float()
-        return best_detections(candidates * scale[:, None, None], top_scores, keep, self.detections_per_image)
+        return padded_best_detections(candidates * scale[:, None, None], top_scores, keep, self.detections_per_image)
 
     def dense_nms(self, device: torch.device) -> bool:
         """Whether NMS runs as `dense_nms` (no host reads) rather than `compacted_nms` (one)."""

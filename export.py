@@ -1,0 +1,78 @@
+"""Export a trained SSD to ONNX or TorchScript: the whole eval path in one file (uint8 images of any size
+in; boxes, scores, labels and a count per image out), its detections checked against the PyTorch model's.
+
+    python export.py ckpt_path=outputs/.../checkpoints/best.pt            # model.onnx in the run directory
+    python export.py ckpt_path=... format=torchscript                     # model.pt
+    python predict.py model_path=outputs/.../model.onnx source=images/    # the export, run by onnxruntime
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from schema import SettingsError, check_export
+
+log = logging.getLogger(__name__)
+
+
+def check_images(trained: DictConfig, count: int) -> list:
+    """uint8 [3, H, W] images to compare on: the first `count` of the checkpoint's validation split (where
+    it can still be read) and 2 random images of other sizes."""
+    import torch
+    from hydra.utils import instantiate
+
+    images = []
+    try:
+        val_set = instantiate(trained.dataset.val)
+        images = [val_set[index][0] for index in range(min(count, len(val_set)))]
+    except (OSError, ValueError) as error:
+        log.warning("the checkpoint's validation split cannot be read (%s): checking on random images only", error)
+    generator = torch.Generator().manual_seed(0)
+    return images + [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+                     for height, width in ((197, 311), (420, 260))]
+
+
+def run_export(cfg: DictConfig) -> Path:
+    import json
+
+    import torch
+
+    import edge
+    from detection.models.export import ExportedDetector, check_parity, export_onnx, export_torchscript
+
+    model, trained, checkpoint = edge.model_from_checkpoint(Path(cfg.ckpt_path))
+    if not hasattr(model, "padded_detections"):
+        raise ValueError(f"{cfg.ckpt_path}: export.py exports SSD models; this checkpoint holds a "
+                         f"{type(model).__name__}, whose export is not built yet")
+    model.eval()
+    path = Path(cfg.output) if cfg.output else edge.run_dir() / ("model.onnx" if cfg.format == "onnx" else "model.pt")
+    metadata = {"class_names": json.dumps(checkpoint["class_names"]), "model": trained.model.get("name", "ssd"),
+                "image_size": str(model.image_size), "checkpoint": str(cfg.ckpt_path), "step": str(checkpoint["step"])}
+    example = torch.randint(0, 256, (2, 3, model.image_size + 32, model.image_size + 64), dtype=torch.uint8)
+    (export_onnx if cfg.format == "onnx" else export_torchscript)(model, path, metadata=metadata, example=example)
+    log.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    if cfg.check:
+        images = check_images(trained, cfg.check_images)
+        with torch.no_grad():
+            reference = [model([image])[0] for image in images]
+        exported = ExportedDetector(path)
+        log.info("%s", check_parity(reference, [exported([image])[0] for image in images],
+                                    limit=model.detections_per_image, name=path.name))
+    return path
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    try:
+        check_export(cfg)
+        run_export(cfg)
+    except (SettingsError, FileNotFoundError, ValueError) as error:  # one line naming the file and the problem
+        log.error("%s", error)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
