@@ -29,6 +29,7 @@ bench: $(INSTALLED)
 	$(PY) bench/eval.py
 	$(PY) bench/data.py
 	$(PY) bench/loop.py
+	$(PY) bench/deploy.py
 
 mlflow-ui: $(INSTALLED)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1

@@ -3,6 +3,7 @@ whole eval path as one graph, for ONNX and TorchScript files."""
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -92,7 +93,9 @@ def export_onnx(ssd: nn.Module, path: Path, *, metadata: dict[str, str], example
 def export_torchscript(ssd: nn.Module, path: Path, *, metadata: dict[str, str], example: torch.Tensor) -> Path:
     """Writes `ssd`'s whole eval path (ExportableSSD), traced, to a TorchScript file, `metadata` (with the
     contract added) stored beside the code as `metadata.json`."""
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns of sizes read as Python numbers: the anchor and class counts, fixed for a model
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(ExportableSSD(ssd), (example,), check_trace=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps({**metadata, "contract": CONTRACT})})
