@@ -68,12 +68,14 @@ def build_model(cfg: DictConfig, *, pretrained: bool = True) -> torch.nn.Module:
 
 def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, DictConfig, dict[str, Any]]:
     """The model a training checkpoint holds, rebuilt from its stored configuration with its weights (on the
-    CPU, in train mode as built); returns (model, the run's resolved configuration, the checkpoint)."""
+    CPU, in train mode as built); returns (model, the run's resolved configuration, the checkpoint, its
+    class_names filled in from the configuration where it has none)."""
     checkpoint = load_checkpoint(path)
-    if not {"config", "model", "class_names"} <= set(checkpoint):
+    if not {"config", "model"} <= set(checkpoint):
         raise ValueError(f"{path}: not a training checkpoint of this project (it holds {sorted(checkpoint)[:5]}, "
-                         "not config, model and class_names; train.py writes them to checkpoints/)")
+                         "not config and model; train.py writes them to checkpoints/)")
     trained = OmegaConf.create(checkpoint["config"])
+    checkpoint.setdefault("class_names", list(trained.dataset.classes))  # a copy holding only config and model
     model = build_model(trained, pretrained=False)
     model.load_state_dict(checkpoint["model"])
     return model, trained, checkpoint
