@@ -54,10 +54,26 @@ def run_prediction(cfg: DictConfig) -> dict[str, float]:
         writer = PredictionWriter(run_dir, class_names, **options)
         predict_batches(model, loader, writer, device=device, total=len(loader), progress=cfg.progress)
     summary = writer.close()
+    record_run(cfg, run_dir, summary)
     log.info("%d images, %d detections at score >= %.2f, %d unreadable (listed in images.json); %.1f images/s "
              "in the model; results in %s", summary["images"], summary["detections"], cfg.score_threshold,
              summary["unreadable"], summary["images"] / max(summary["inference_s"], 1e-9), run_dir)
     return summary
+
+
+def record_run(cfg: DictConfig, run_dir: Path, summary: dict[str, float]) -> None:
+    """With `tracking=mlflow`: a run in the experiment 'predict' holding the summary as metrics and the
+    JSON files, drawn images or video as artifacts under predictions/."""
+    import edge
+
+    tracker = edge.build_tracker(cfg.tracking, experiment_name="predict", run_name=f"predict {Path(cfg.source).name}")
+    tracker.start(params={"model": str(cfg.model_path or cfg.ckpt_path), "source": str(cfg.source),
+                          "score_threshold": cfg.score_threshold}, tags={"job": "predict"})
+    with edge.ended_with_status(tracker):
+        tracker.log_metrics(summary, step=0)
+        for name in ("predictions.json", "images.json", "images", f"{Path(cfg.source).stem}.mp4"):
+            if (run_dir / name).exists():
+                tracker.log_artifact(run_dir / name, artifact_path="predictions")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

@@ -57,6 +57,7 @@ class PredictConfig:
     ckpt_path: Optional[str] = None
     model_path: Optional[str] = None
     source: str = MISSING
+    tracking: Any = MISSING
     score_threshold: float = 0.3
     batch_size: int = 8
     num_workers: int = 2
@@ -130,11 +131,11 @@ def check_predict(cfg: DictConfig) -> None:
         raise SettingsError(f"score_threshold must be within 0..1, got {cfg.score_threshold}")
 
 
-register()
-
-
 def check_export(cfg: DictConfig) -> None:
     """Refuses an unknown format or a negative image count, naming the key."""
     if cfg.format not in ("onnx", "torchscript"):
         raise SettingsError(f"format must be onnx or torchscript, got {cfg.format!r}")
     check_at_least("check_images", cfg.check_images, 0)
+
+
+register()

@@ -5,6 +5,7 @@ import json
 import shutil
 
 import cv2
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -110,3 +111,17 @@ def test_bad_input_is_one_line_naming_the_path(tmp_path, smoke_ssd):
     result = predict(tmp_path, f"ckpt_path={tmp_path / 'other.pt'}", f"source={tmp_path / 'empty'}")
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "other.pt" in output and "not a training checkpoint" in output, output
+
+
+@pytest.mark.slow
+def test_tracking_mlflow_records_the_results_as_artifacts(tmp_path, smoke_ssd):
+    checkpoint, images = smoke_ssd
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    result = predict(tmp_path, f"ckpt_path={checkpoint}", f"source={images[0]}", "tracking=mlflow",
+                     f"tracking.uri={store}", "tracking.system_metrics=false")
+    assert result.returncode == 0, result.stderr
+    client = mlflow.MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("predict").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["images"] == 1
+    logged = {entry.path for entry in client.list_artifacts(run.info.run_id, "predictions")}
+    assert logged == {"predictions/predictions.json", "predictions/images.json", "predictions/images"}

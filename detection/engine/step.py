@@ -63,8 +63,8 @@ class TrainStep:
 
     def __call__(self, images: list[torch.Tensor], targets: list[dict], *,
                  stop_requested: Callable[[], bool] = lambda: False) -> StepOutcome:
-        """One step on a batch (images float [3, H, W], targets with xyxy pixel boxes and int64 labels) on
-        any device; skipped by every rank when some rank has no images or a non-finite loss.
+        """One step on a batch (images [3, H, W], uint8 or float in [0, 1]; targets with xyxy pixel boxes and
+        int64 labels) on any device; skipped by every rank when some rank has no images or a non-finite loss.
         `stop_requested` is asked after the forward pass, and its answer agreed with the other ranks'."""
         images, targets = to_device(images, targets, self.device)
         self.network.train()
