@@ -20,6 +20,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 
 
 def is_video(source: str) -> bool:
+    """Whether `source` is an existing file with a video suffix."""
     return Path(source).suffix.lower() in VIDEO_SUFFIXES and Path(source).is_file()
 
 
@@ -62,6 +63,7 @@ class ImageFiles(Dataset):
 
 
 def collate_files(batch: list) -> list:
+    """ImageFiles' items kept as a list of (path, image or None, error or None): sizes differ, some fail."""
     return batch
 
 
