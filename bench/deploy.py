@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from common import LAYOUTS, REPO, VOC_CLASSES, build_model, device_name
 from detection.data.samples import read_pixels
@@ -63,13 +64,11 @@ def folder_against_eval_call(model, class_names: list[str], count: int) -> str:
         for first in range(0, len(images), 8):
             model(images[first:first + 8])
     eval_speed = len(images) / (time.perf_counter() - start)
-    files = ImageFiles(paths)
-    batches = [collate_files([files[index] for index in range(first, min(first + 8, len(files)))])
-               for first in range(0, len(files), 8)]
     with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
+        start = time.perf_counter()  # the files are read inside, as predict.py reads them
+        loader = DataLoader(ImageFiles(paths), batch_size=8, num_workers=0, collate_fn=collate_files)
         writer = PredictionWriter(Path(folder), class_names, score_threshold=0.3)
-        predict_batches(model, iter(batches), writer, device=torch.device("cpu"), progress=False)
+        predict_batches(model, loader, writer, device=torch.device("cpu"), progress=False)
         writer.close()
         predict_speed = len(paths) / (time.perf_counter() - start)
     return (f"{len(paths)} BCCD photos, batch 8: predict path {predict_speed:.1f} images/s (read, infer, draw, "

@@ -15,7 +15,7 @@ import torchvision.transforms.v2.functional as TF
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import REPO, run_script
+from conftest import SHARED_DATA, run_script
 from detection.data.device_augment import DeviceSSDAugmentation, colour_jitter, decoded, padded_batch, warp_batch
 from detection.data.geometry import SSDGeometry, warp_pixels
 from detection.data.loader import build_loader
@@ -23,7 +23,7 @@ from detection.engine.checkpoint import load_checkpoint
 from detection.engine.host_reads import HostReads
 from detection.engine.step import TrainStep
 
-BCCD = Path(os.environ.get("BCCD_ROOT", REPO.parent / "shared" / "data" / "BCCD_Dataset" / "BCCD"))
+BCCD = Path(os.environ.get("BCCD_ROOT", SHARED_DATA / "BCCD_Dataset" / "BCCD"))
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA")])]
 
