@@ -34,7 +34,7 @@ from detection.engine.loop import TrainingInterrupted
 from detection.engine.precision import Precision, choose_precision
 from detection.engine.settings import SettingsError, TrainerSettings
 from detection.evaluation import DetectionEvaluator
-from detection.models.export import BatchedDetector
+from detection.models.export import ContractModel
 from detection.models.images import as_float_image
 from detection.tracking import NullTracker, Tracker, flatten, sweep_parent
 from sweep import label_of
@@ -340,8 +340,9 @@ def debug_artifacts(cfg: DictConfig, run_dir: Path, tracker: Tracker, precision:
 
 
 def log_best_model(tracker: Tracker, model: torch.nn.Module, checkpoint_dirs: list[Path], val_dataset) -> None:
-    """The best checkpoint as an artifact, and the model with its weights as an MLflow model taking a
-    batch tensor, its input example the first validation image scaled to at most 64 pixels a side.
+    """The best checkpoint as an artifact, and the model with its weights as an MLflow pyfunc model on the
+    exported files' contract (`ContractModel`), its input example the first validation image scaled to at
+    most 64 pixels a side.
     `checkpoint_dirs`: this run's, then (resumed) the checkpoint's, whose best.pt stands while no later
     validation beats it."""
     best = next((folder / "best.pt" for folder in checkpoint_dirs if (folder / "best.pt").is_file()), None)
@@ -354,4 +355,4 @@ def log_best_model(tracker: Tracker, model: torch.nn.Module, checkpoint_dirs: li
     image = as_float_image(sample[0]) if sample is not None else torch.zeros(3, 64, 64)
     scale = min(1.0, 64 / max(image.shape[1:]))
     example = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear")
-    tracker.log_model(BatchedDetector(model.cpu()), example.numpy())
+    tracker.log_model(ContractModel(model), example.mul(255).round().to(torch.uint8).numpy())

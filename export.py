@@ -1,5 +1,6 @@
-"""Export a trained SSD to ONNX or TorchScript: the whole eval path in one file (uint8 images of any size
-in; boxes, scores, labels and a count per image out), its detections checked against the PyTorch model's.
+"""Export a trained SSD or Mask R-CNN to ONNX or TorchScript: the whole eval path in one file (uint8 images
+of any size in; boxes, scores, labels, a count per image (and masks) out), its detections checked against
+the PyTorch model's.
 
     python export.py ckpt_path=outputs/.../checkpoints/best.pt            # model.onnx in the run directory
     python export.py ckpt_path=... format=torchscript                     # model.pt
@@ -41,26 +42,28 @@ def run_export(cfg: DictConfig) -> Path:
     import torch
 
     import edge
-    from detection.models.export import ExportedDetector, check_parity, export_onnx, export_torchscript
+    from detection.models.export import ExportedDetector, check_parity, export_onnx, export_torchscript, exportable
 
     model, trained, checkpoint = edge.model_from_checkpoint(Path(cfg.ckpt_path))
-    if not hasattr(model, "padded_detections"):
-        raise ValueError(f"{cfg.ckpt_path}: export.py exports SSD models; this checkpoint holds a "
-                         f"{type(model).__name__}, whose export is not built yet")
-    model.eval()
+    module = exportable(model)  # refuses what cannot be exported, before anything is written
     path = Path(cfg.output) if cfg.output else edge.run_dir() / ("model.onnx" if cfg.format == "onnx" else "model.pt")
+    resize = getattr(model, "image_size", None) or f"short side {model.transform.min_size[-1]}, long side at most " \
+                                                    f"{model.transform.max_size}"
     metadata = {"class_names": json.dumps(checkpoint["class_names"]), "model": trained.model.get("name", "ssd"),
-                "image_size": str(model.image_size), "checkpoint": str(cfg.ckpt_path), "step": str(checkpoint["step"])}
-    example = torch.randint(0, 256, (2, 3, model.image_size + 32, model.image_size + 64), dtype=torch.uint8)
+                "image_size": str(resize), "checkpoint": str(cfg.ckpt_path), "step": str(checkpoint["step"])}
+    images = check_images(trained, cfg.check_images)
+    # an SSD's graph is the same whatever the image; an R-CNN's is traced on a real one, whose detections
+    # take every branch that inference takes
+    example = (images[0][None] if module.batch == "1" else
+               torch.randint(0, 256, (2, 3, model.image_size + 32, model.image_size + 64), dtype=torch.uint8))
     (export_onnx if cfg.format == "onnx" else export_torchscript)(model, path, metadata=metadata, example=example)
     log.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
     if cfg.check:
-        images = check_images(trained, cfg.check_images)
         with torch.no_grad():
             reference = [model([image])[0] for image in images]
         exported = ExportedDetector(path)
-        log.info("%s", check_parity(reference, [exported([image])[0] for image in images],
-                                    limit=model.detections_per_image, name=path.name))
+        log.info("%s", check_parity(reference, [exported([image])[0] for image in images], limit=module.limit,
+                                    name=path.name))
     return path
 
 

@@ -152,7 +152,7 @@ class MlflowTracker:
         run_name: the run's display name.
         system_metrics: MLflow's own CPU / memory / disk / network (and GPU, through nvidia-ml-py)
             sampling, every `system_metrics_interval` seconds, as `system/...` metrics.
-        log_model: `log_model()` logs the model with `mlflow.pytorch.log_model`.
+        log_model: `log_model()` logs the model with `mlflow.pyfunc.log_model`.
         register_model: also register it under this name in the model registry (None: do not).
     """
 
@@ -221,10 +221,12 @@ class MlflowTracker:
             self._send(lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path), "artifacts", 1, str(path))
 
     def log_model(self, model, input_example):
-        """The model as an MLflow PyTorch model (the run's 'model'), loadable with mlflow.pyfunc.load_model:
-        `model` takes float [N, 3, H, W] of any size and returns float [N, D, 6]; `input_example` is such an
-        input. The package's code travels with it; the requirements are the pinned versions."""
-        import mlflow.pytorch
+        """`model`, a callable from NumPy uint8 images [N, 3, H, W] to {output name: array} (the exported
+        files' contract, `ContractModel`), as an MLflow pyfunc model (the run's 'model') loadable with
+        mlflow.pyfunc.load_model; `input_example` is such an input. Its signature takes any batch and image
+        size and names the outputs. The package's code travels with it; the requirements are the pinned
+        versions."""
+        import mlflow.pyfunc
 
         if not self.log_model_enabled:
             return
@@ -235,14 +237,15 @@ class MlflowTracker:
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
-        # any batch and image size (the example's own would be enforced otherwise); rows of 6 numbers out
-        signature = ModelSignature(inputs=Schema([TensorSpec(input_example.dtype, (-1, input_example.shape[1], -1, -1))]),
-                                   outputs=Schema([TensorSpec(input_example.dtype, (-1, -1, 6))]))
-        try:  # pickled: torch.export cannot trace the data-dependent NMS of a detector
-            mlflow.pytorch.log_model(model, name="model", input_example=input_example, signature=signature,
-                                     serialization_format="pickle",
-                                     code_paths=[str(REPO_ROOT / "detection")], pip_requirements=requirements,
-                                     registered_model_name=self.register_model)
+        # any batch and image size (the example's own would be enforced otherwise), every output by name
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(input_example.dtype, (-1, input_example.shape[1], -1, -1))]),
+            outputs=Schema([TensorSpec(array.dtype, (-1,) * array.ndim, name)
+                            for name, array in model(input_example).items()]))
+        try:  # pickled with cloudpickle: torch.export cannot trace the data-dependent NMS of an R-CNN
+            mlflow.pyfunc.log_model(name="model", python_model=model, input_example=input_example,
+                                    signature=signature, code_paths=[str(REPO_ROOT / "detection")],
+                                    pip_requirements=requirements, registered_model_name=self.register_model)
         except Exception as error:  # the run keeps everything else; say what is missing
             self._unlogged["artifacts"] += 1
             log.error("could not log the model to MLflow run %s: %s: %s", self.run_id, type(error).__name__, error)

@@ -1,7 +1,8 @@
-"""Exports proven: an SSD (ResNet and VGG trunks) exported to ONNX (run by onnxruntime) and TorchScript
-detects what the PyTorch model detects on real BCCD images and random images of several sizes, in batches
-too; a trained model's export scores the same mAP; the files carry their class names and contract;
-export.py checks what it writes and refuses what it cannot export; predict.py runs an export."""
+"""Exports proven: an SSD (ResNet and VGG trunks) and a Mask R-CNN exported to ONNX (run by onnxruntime)
+and TorchScript detect (and segment) what the PyTorch model does on real BCCD images and random images of
+several sizes, SSDs in batches too; a trained model's export scores the same mAP; the files carry their
+class names and contract, which MLflow's pyfunc model (ContractModel) shares; export.py checks what it
+writes and refuses what it cannot do; predict.py runs an export."""
 
 import json
 
@@ -10,15 +11,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from conftest import REPO, SHARED_DATA, SMALL_SHAPES, run_script
 from detection.data.loader import build_loader
 from detection.data.samples import read_pixels
 from detection.engine.inference import evaluate
 from detection.evaluation import DetectionEvaluator
-from detection.models.export import (ExportedDetector, ExportParityError, check_parity, export_onnx,
-                                     export_torchscript)
+from detection.models.export import (ContractModel, ExportedDetector, ExportParityError, check_parity,
+                                     export_onnx, export_torchscript)
 from edge import build_model, model_from_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -58,6 +58,43 @@ def test_an_export_detects_what_the_model_detects(tmp_path, trunk, export_format
     shifted = [{**detections, "boxes": detections["boxes"] + 1.0} for detections in reference]
     with pytest.raises(ExportParityError, match="the export is not the model"):
         check_parity(shifted, exported(images), limit=model.detections_per_image, name=path.name)
+    assert_same_contract(ContractModel(model), exported, torch.stack(images[:3]))
+
+
+def assert_same_contract(pyfunc_model: ContractModel, exported: ExportedDetector, batch: torch.Tensor):
+    """MLflow's model and the file take the same array and return the same outputs, by name."""
+    ours = pyfunc_model(batch.numpy())
+    theirs = exported.run(batch)
+    assert list(ours) == exported.metadata["outputs"].split(",")
+    for (name, array), output in zip(ours.items(), theirs):
+        assert array.dtype == output.numpy().dtype and array.shape == output.shape, name
+    np.testing.assert_array_equal(ours["counts"], theirs[3].numpy())
+
+
+@pytest.mark.parametrize("export_format", EXPORTS)
+def test_a_mask_rcnn_export_detects_and_segments_what_the_model_does(tmp_path, export_format, shapes_root):
+    torch.manual_seed(0)
+    model = build_model(compose_train("experiment=maskrcnn_shapes", f"dataset.root={shapes_root}"),
+                        pretrained=False).eval()
+    export, suffix = EXPORTS[export_format]
+    photos = sample_images()[:3]
+    path = export(model, tmp_path / f"model{suffix}", metadata={"class_names": json.dumps(["a", "b", "c"])},
+                  example=photos[0][None])
+    exported = ExportedDetector(path)
+    assert "uint8 [1, 3, H, W]" in exported.metadata["contract"] and exported.one_image_a_call
+    generator = torch.Generator().manual_seed(1)
+    # at 227x301 and 197x311 the resize to 256 / 400 lands on a whole pixel (227 * 256 / 227), where
+    # torchvision's traced size would be a pixel short of eager mode's
+    images = photos + [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+                       for height, width in ((227, 301), (197, 311), (128, 128))]
+    with torch.no_grad():
+        reference = [model([image])[0] for image in images]
+    assert all(len(detections["scores"]) > 0 for detections in reference)
+    summary = check_parity(reference, exported(images), limit=model.roi_heads.detections_per_img, name=path.name)
+    assert "masks within" in summary
+    assert_same_contract(ContractModel(model), exported, images[3][None])
+    with pytest.raises(ValueError, match="one image a call"):
+        ContractModel(model)(torch.stack(photos).numpy())
 
 
 def test_export_py_checks_its_file_and_the_export_scores_the_models_map(tmp_path, smoke_ssd, shapes_root):
@@ -97,14 +134,27 @@ def test_export_py_checks_its_file_and_the_export_scores_the_models_map(tmp_path
         assert ours["category_id"] == theirs["category_id"] and abs(ours["score"] - theirs["score"]) <= 1e-3
 
 
-def test_export_py_names_what_it_cannot_export(tmp_path, shapes_root):
-    cfg = compose_train("experiment=maskrcnn_shapes", f"dataset.root={shapes_root}", *SMALL_SHAPES)
-    model = build_model(cfg, pretrained=False)
-    checkpoint = tmp_path / "maskrcnn.pt"
-    torch.save({"config": OmegaConf.to_container(cfg, resolve=True), "model": model.state_dict(),
-                "class_names": list(cfg.dataset.classes), "step": 0}, checkpoint)
+def test_export_py_exports_a_mask_rcnn_and_its_export_scores_the_models_map(tmp_path, shapes_root):
+    run = tmp_path / "train"
+    run.mkdir()
+    result = run_script("train.py", "debug=smoke", "experiment=maskrcnn_shapes", *SMALL_SHAPES,
+                        f"dataset.root={shapes_root}", "tracking=none", cwd=run)
+    assert result.returncode == 0, result.stderr
+    checkpoint = run / "run" / "checkpoints" / "last.pt"
     result = run_script("export.py", f"ckpt_path={checkpoint}", cwd=tmp_path)
     output = result.stdout + result.stderr
-    assert result.returncode == 2 and "maskrcnn.pt: export.py exports SSD models" in output and "Traceback" not in output
+    assert result.returncode == 0, output
+    assert "model.onnx: " in output and "masks within 0.01)" in output and "Warning" not in output
+
+    model, trained, _ = model_from_checkpoint(checkpoint)
+    val_set = instantiate(trained.dataset.val)
+    loader = build_loader(val_set, batch_size=2, shuffle=False, num_workers=0, seed=0)
+    results = {}
+    for label, detector in (("pytorch", model), ("onnx", ExportedDetector(tmp_path / "run" / "model.onnx"))):
+        evaluator = DetectionEvaluator(class_names=list(trained.dataset.classes))
+        results[label] = evaluate(detector, loader, evaluator, device=torch.device("cpu"), progress=False)
+    for metric in ("voc07_map", "coco_map", "coco_mask_map"):
+        assert abs(results["onnx"][metric] - results["pytorch"][metric]) <= 0.002, metric
+
     result = run_script("export.py", f"ckpt_path={checkpoint}", "format=tflite", cwd=tmp_path)
     assert result.returncode == 2 and "format must be onnx or torchscript" in result.stdout + result.stderr

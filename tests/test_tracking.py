@@ -64,7 +64,10 @@ def test_a_run_logs_config_metrics_images_plots_checkpoint_and_model(tmp_path, s
 
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    assert model.predict(np.random.rand(2, 3, 96, 80).astype(np.float32)).shape == (2, 100, 6)
+    # the exported files' contract: uint8 images of any size in, padded detections with counts out
+    outputs = model.predict(np.random.randint(0, 256, (2, 3, 96, 80), dtype=np.uint8))
+    assert list(outputs) == ["boxes", "scores", "labels", "counts"]
+    assert outputs["boxes"].shape == (2, 100, 4) and outputs["counts"].shape == (2,)
     assert client.get_registered_model("shapes_ssd").latest_versions[0].run_id == run.info.run_id
 
 

@@ -4,7 +4,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detection.models.export import BatchedDetector
 from detection.visualize import draw_detections, save_image, save_precision_recall_plot
 
 
@@ -31,15 +30,3 @@ def test_precision_recall_plot_is_a_png(tmp_path):
     path = save_precision_recall_plot(curves, {"cat": 0.75, "dog": 0.06}, tmp_path / "pr.png", title="step 1")
     with Image.open(path) as png:
         assert png.format == "PNG" and png.size == (600, 500)
-
-
-def test_batched_detector_pads_detections_into_one_tensor():
-    class TwoBoxes(torch.nn.Module):
-        def forward(self, images):
-            return [{"boxes": torch.tensor([[1.0, 2, 3, 4]] * (i + 1)), "scores": torch.tensor([0.9] * (i + 1)),
-                     "labels": torch.tensor([3] * (i + 1))} for i, _ in enumerate(images)]
-
-    out = BatchedDetector(TwoBoxes(), max_detections=3)(torch.zeros(2, 3, 8, 8))
-    assert out.shape == (2, 3, 6)
-    assert out[0].tolist() == [[1, 2, 3, 4, 0.8999999761581421, 3], [0] * 6, [0] * 6]
-    assert out[1, :2, 5].tolist() == [3, 3] and out[1, 2].abs().sum() == 0

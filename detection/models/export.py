@@ -1,11 +1,13 @@
-"""Detectors in fixed shapes, for serving: one tensor in, one out, for MLflow's pyfunc flavour; an SSD's
-whole eval path as one graph, for ONNX and TorchScript files."""
+"""Detectors as files to serve: the whole eval path of an SSD or a Mask R-CNN as one graph (uint8 images in,
+detections out), written to ONNX and TorchScript, run back with torchvision's contract, checked against the
+PyTorch model; the same contract on NumPy arrays for MLflow's pyfunc."""
 
 import json
 import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,28 +15,7 @@ from torch import nn
 from detection.models.postprocess import per_image
 
 
-class BatchedDetector(nn.Module):
-    """Wraps an eval-mode detector with torchvision's contract (a list of images in, a list of dicts out).
-
-    forward: images float [N, 3, H, W] in [0, 1] -> float [N, max_detections, 6], each row
-    (x1, y1, x2, y2, score, label) in pixels of the input, by descending score; rows past an image's
-    detections are zero (score 0, label 0 = background).
-    """
-
-    def __init__(self, detector: nn.Module, max_detections: int = 100):
-        super().__init__()
-        self.detector = detector.eval()
-        self.max_detections = max_detections
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = images.new_zeros(len(images), self.max_detections, 6)
-        for row, detections in zip(out, self.detector(list(images))):
-            count = min(len(detections["scores"]), self.max_detections)
-            row[:count, :4] = detections["boxes"][:count]
-            row[:count, 4] = detections["scores"][:count]
-            row[:count, 5] = detections["labels"][:count].to(row.dtype)
-        return out
+OUTPUTS = ("boxes", "scores", "labels", "counts")
 
 
 class ExportableSSD(nn.Module):
@@ -46,9 +27,17 @@ class ExportableSSD(nn.Module):
     counts[n] rows of image n are its detections, best first; the rows after them are zero.
     """
 
+    outputs = OUTPUTS
+    opset = 18  # through torch.onnx.export(dynamo=True); onnxruntime 1.17 and later run it
+    batch = "any"
+    contract = ("images: uint8 [N, 3, H, W] RGB, one size per batch; out: boxes float [N, D, 4] xyxy in the "
+                "input's pixels, scores float [N, D], labels int64 [N, D] (1..K, class_names[label - 1]), "
+                "counts int64 [N] (the first counts[n] rows of image n are its detections, best first)")
+
     def __init__(self, ssd: nn.Module):
         super().__init__()
         self.ssd = ssd
+        self.limit = ssd.detections_per_image  # D
         self.eval()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -64,48 +53,116 @@ class ExportableSSD(nn.Module):
         return boxes, scores, labels, counts
 
 
-OPSET = 18  # ONNX opset of the exported files: onnxruntime 1.17 and later run it
-OUTPUTS = ("boxes", "scores", "labels", "counts")
-CONTRACT = ("images: uint8 [N, 3, H, W] RGB, one size per batch; out: boxes float [N, D, 4] xyxy in the "
-            "input's pixels, scores float [N, D], labels int64 [N, D] (1..K, class_names[label - 1]), "
-            "counts int64 [N] (the first counts[n] rows of image n are its detections, best first)")
+class ExportableMaskRCNN(nn.Module):
+    """A torchvision Mask R-CNN's eval path (resize, normalisation, network, NMS, masks pasted into the
+    image), one image a call, for torchvision's supported ONNX route (the TorchScript-based exporter).
+
+    forward: images uint8 [1, 3, H, W] RGB (any size) -> boxes float [1, D, 4] xyxy in the input's pixels,
+    scores float [1, D], labels int64 [1, D] (1..K), counts int64 [1] (= D: nothing is padded, D varies
+    with the image up to `roi_heads.detections_per_img`) and masks float [1, D, H, W] (each pixel's
+    probability of belonging to the detection, as the model gives them).
+    """
+
+    outputs = (*OUTPUTS, "masks")
+    opset = 11  # torchvision's exporter tests of its R-CNNs run at opset 11
+    batch = "1"
+    contract = ("images: uint8 [1, 3, H, W] RGB, one image a call; out: boxes float [1, D, 4] xyxy in the "
+                "input's pixels, scores float [1, D], labels int64 [1, D] (1..K, class_names[label - 1]), "
+                "counts int64 [1] (= D, best first), masks float [1, D, H, W] (probabilities)")
+
+    def __init__(self, maskrcnn: nn.Module):
+        super().__init__()
+        self.maskrcnn = maskrcnn
+        self.limit = maskrcnn.roi_heads.detections_per_img  # D at most
+        self.eval()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        detections = self.maskrcnn([images[0]])[0]
+        counts = torch._shape_as_tensor(detections["scores"])  # a tensor in the graph, not the example's D
+        return (detections["boxes"][None], detections["scores"][None], detections["labels"][None], counts,
+                detections["masks"][None, :, 0])
 
 
-def export_onnx(ssd: nn.Module, path: Path, *, metadata: dict[str, str], example: torch.Tensor) -> Path:
-    """Writes `ssd`'s whole eval path (ExportableSSD) to one ONNX file at opset OPSET, with dynamic batch,
-    height and width, and `metadata` (with the contract added) in its metadata_props."""
+def exportable(model: nn.Module) -> nn.Module:
+    """The eval-path wrapper a detector is exported through: ExportableSSD or ExportableMaskRCNN."""
+    if hasattr(model, "padded_detections"):
+        return ExportableSSD(model)
+    if hasattr(model, "roi_heads") and getattr(model.roi_heads, "has_mask", lambda: False)():
+        return ExportableMaskRCNN(model)
+    raise ValueError(f"a {type(model).__name__} cannot be exported: SSD and Mask R-CNN models can")
+
+
+def export_onnx(model: nn.Module, path: Path, *, metadata: dict[str, str], example: torch.Tensor) -> Path:
+    """Writes `model`'s whole eval path (`exportable(model)`) to one ONNX file at the wrapper's opset, with
+    dynamic height and width (and batch, for an SSD), and `metadata` (with the contract added) in its
+    metadata_props. `example`: uint8 [N, 3, H, W] to trace with (N = 1 for Mask R-CNN)."""
     import onnx
 
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its optimisation passes log every step at INFO
-    dynamic = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=16, max=16384),
-               3: torch.export.Dim("width", min=16, max=16384)}
-    program = torch.onnx.export(ExportableSSD(ssd), (example,), dynamo=True, opset_version=OPSET,
-                                input_names=["images"], output_names=list(OUTPUTS),
-                                dynamic_shapes={"images": dynamic}, external_data=False, verbose=False)
-    graph = program.model_proto
-    for key, value in {**metadata, "contract": CONTRACT, "opset": str(OPSET)}.items():
-        graph.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    module = exportable(model)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(module, ExportableMaskRCNN):
+        detections = {"boxes": {1: "detections"}, "scores": {1: "detections"}, "labels": {1: "detections"},
+                      "masks": {1: "detections", 2: "height", 3: "width"}}
+        with torch.no_grad(), warnings.catch_warnings():
+            # the tracer's warnings on torchvision's code, whose graph its ONNX tests check
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=module.opset,
+                              input_names=["images"], output_names=list(module.outputs),
+                              dynamic_axes={"images": {2: "height", 3: "width"}, **detections})
+        graph = onnx.load(str(path))
+    else:
+        logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its optimisation passes log every step at INFO
+        dynamic = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=16, max=16384),
+                   3: torch.export.Dim("width", min=16, max=16384)}
+        graph = torch.onnx.export(module, (example,), dynamo=True, opset_version=module.opset,
+                                  input_names=["images"], output_names=list(module.outputs),
+                                  dynamic_shapes={"images": dynamic}, external_data=False,
+                                  verbose=False).model_proto
+    for key, value in {**metadata, **file_metadata(module), "opset": str(module.opset)}.items():
+        graph.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     onnx.save(graph, str(path))
     return path
 
 
-def export_torchscript(ssd: nn.Module, path: Path, *, metadata: dict[str, str], example: torch.Tensor) -> Path:
-    """Writes `ssd`'s whole eval path (ExportableSSD), traced, to a TorchScript file, `metadata` (with the
-    contract added) stored beside the code as `metadata.json`."""
+def file_metadata(module: nn.Module) -> dict[str, str]:
+    """What every exported file says of its wrapper: the contract, the output names, the batch it takes."""
+    return {"contract": module.contract, "outputs": ",".join(module.outputs), "batch": module.batch}
+
+
+def export_torchscript(model: nn.Module, path: Path, *, metadata: dict[str, str], example: torch.Tensor) -> Path:
+    """Writes `model`'s whole eval path (`exportable(model)`), traced, to a TorchScript file, `metadata`
+    (with the contract added) stored beside the code as `metadata.json`."""
+    module = exportable(model)
     with torch.no_grad(), warnings.catch_warnings():
-        # the tracer warns of sizes read as Python numbers: the anchor and class counts, fixed for a model
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(ExportableSSD(ssd), (example,), check_trace=False)
+        # the tracer warns of sizes read as Python numbers: the anchor and class counts, fixed for a model,
+        # and (R-CNN) torchvision's own, whose graph its ONNX tests check
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, (example,), check_trace=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps({**metadata, "contract": CONTRACT})})
+    torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps({**metadata, **file_metadata(module)})})
     return path
+
+
+class ContractModel:
+    """The exported files' contract on NumPy arrays, for MLflow's pyfunc flavour: `exportable(model)` run in
+    PyTorch, called with uint8 [N, 3, H, W] and returning {output name: array} (ExportableSSD's or
+    ExportableMaskRCNN's outputs), what onnxruntime returns for the ONNX file."""
+
+    def __init__(self, model: nn.Module):
+        self.module = exportable(model.cpu())
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if self.module.batch == "1" and len(images) != 1:
+            raise ValueError(f"this model takes one image a call ({self.module.contract}); got {len(images)}")
+        with torch.no_grad():
+            outputs = self.module(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)))
+        return {name: output.numpy() for name, output in zip(self.module.outputs, outputs)}
 
 
 class ExportedDetector:
     """An exported file (.onnx through onnxruntime, .pt/.ts TorchScript) called with torchvision's contract:
-    a list of uint8 [3, H, W] images in, per image {'boxes', 'labels', 'scores'} out (on the CPU).
-    `metadata` is what the export stored (class_names as JSON, the contract, ...)."""
+    a list of uint8 [3, H, W] images in, per image {'boxes', 'labels', 'scores'(, 'masks' [D, 1, H, W])}
+    out (on the CPU). `metadata` is what the export stored (class_names as JSON, the contract, ...)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -114,7 +171,9 @@ class ExportedDetector:
         if self.path.suffix == ".onnx":
             import onnxruntime
 
-            self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3  # R-CNN graphs warn of every shape that differs from the traced one
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
             self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         else:
             files = {"metadata.json": ""}
@@ -123,28 +182,35 @@ class ExportedDetector:
         if "class_names" not in self.metadata:
             raise ValueError(f"{self.path}: not exported by export.py (no class_names in its metadata)")
         self.class_names = json.loads(self.metadata["class_names"])
+        self.one_image_a_call = self.metadata.get("batch") == "1"
 
     def run(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The file's four outputs for uint8 [N, 3, H, W]."""
+        """The file's outputs (boxes, scores, labels, counts(, masks)) for uint8 [N, 3, H, W]."""
         if hasattr(self, "session"):
             return tuple(torch.from_numpy(out) for out in self.session.run(None, {"images": images.numpy()}))
         with torch.no_grad():
             return self.module(images)
 
     def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """Images of one size run as one batch; of several sizes, one at a time."""
-        if len({tuple(image.shape) for image in images}) == 1:
+        """Images of one size run as one batch; of several sizes (or for a one-image file), one at a time."""
+        if len({tuple(image.shape) for image in images}) == 1 and not self.one_image_a_call:
             batches = [torch.stack(images)]
         else:
             batches = [image[None] for image in images]
         detections = []
         for batch in batches:
-            boxes, scores, labels, counts = self.run(batch.cpu())
-            detections += per_image(boxes, labels, scores, counts)
+            boxes, scores, labels, counts, *masks = self.run(batch.cpu())
+            found = per_image(boxes, labels, scores, counts)
+            for image, image_masks in zip(found, masks[0] if masks else []):
+                image["masks"] = image_masks[:len(image["scores"]), None]
+            detections += found
         return detections
 
     def eval(self) -> "ExportedDetector":
         return self  # for callers written for a torch module
+
+
+MASK_TOLERANCE = 0.01  # a mask pixel's probability (the ONNX route pastes masks with its own code)
 
 
 class ExportParityError(ValueError):
@@ -152,9 +218,11 @@ class ExportParityError(ValueError):
 
 
 def unmatched_detections(reference: dict[str, torch.Tensor], other: dict[str, torch.Tensor], *, limit: int,
-                         box_tolerance: float = 0.5, score_tolerance: float = 1e-3) -> tuple[int, int]:
+                         box_tolerance: float = 0.5, score_tolerance: float = 1e-3,
+                         mask_tolerance: float = MASK_TOLERANCE) -> tuple[int, int]:
     """(how many of `reference`'s detections have no detection in `other` with the same label, every box
-    coordinate within `box_tolerance` pixels and the score within `score_tolerance`; how many were checked).
+    coordinate within `box_tolerance` pixels and the score within `score_tolerance` (and, with masks, the
+    first such twin's mask within `mask_tolerance` at every pixel); how many were checked).
     Boundary cases are not checked: where either list holds its `limit` detections, those scoring within
     the tolerance of its weakest may rightly give way to an equal score."""
     floor = -1.0
@@ -166,7 +234,12 @@ def unmatched_detections(reference: dict[str, torch.Tensor], other: dict[str, to
     close = ((labels[:, None] == other["labels"][None])
              & ((boxes[:, None] - other["boxes"][None]).abs().amax(dim=-1) <= box_tolerance)
              & ((scores[:, None] - other["scores"][None]).abs() <= score_tolerance))
-    return int((~close.any(dim=1)).sum()), int(checked.sum())
+    matched = close.any(dim=1)
+    if "masks" in reference and len(other["scores"]):
+        twin = close.to(torch.uint8).argmax(dim=1)
+        mask_error = (reference["masks"][checked] - other["masks"][twin]).abs().flatten(1).amax(dim=1)
+        matched &= mask_error <= mask_tolerance
+    return int((~matched).sum()), int(checked.sum())
 
 
 def check_parity(reference: list[dict[str, torch.Tensor]], exported: list[dict[str, torch.Tensor]], *, limit: int,
@@ -176,8 +249,9 @@ def check_parity(reference: list[dict[str, torch.Tensor]], exported: list[dict[s
     counts = [unmatched_detections(a, b, limit=limit) for a, b in zip(reference, exported)]
     counts += [unmatched_detections(b, a, limit=limit) for a, b in zip(reference, exported)]
     missing, checked = sum(m for m, _ in counts), sum(c for _, c in counts)
+    masks = f", masks within {MASK_TOLERANCE}" if reference and "masks" in reference[0] else ""
     summary = (f"{name}: {checked - missing} of {checked} detections match the PyTorch model's on "
-               f"{len(reference)} images (same label, boxes within 0.5 px, scores within 1e-3)")
+               f"{len(reference)} images (same label, boxes within 0.5 px, scores within 1e-3{masks})")
     if missing > allowed * checked:
         raise ExportParityError(f"{summary}: {missing} do not, over the {allowed:.0%} allowed; the export is "
                                 "not the model")
