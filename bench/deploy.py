@@ -1,15 +1,20 @@
 """Deployment speed: batch-1 latency (median, p90) and batch-N throughput of one SSD in PyTorch eager (its
 preprocessing, network and postprocessing also timed apart), TorchScript and onnxruntime, each export's
-whole pipeline being one graph; then predict.py's path (read, infer, draw, write) on BCCD photos against
-the eval call on the same images already decoded.
+whole pipeline being one graph; on CUDA too when there is one (eager in fp32 and fp16 autocast, images
+already on the GPU, each call synchronised); then predict.py's path (read, infer, draw, write) on BCCD
+photos against the eval call on the same images already decoded.
 
 Targets: onnxruntime's batch-1 latency of SSD300-VGG16 on the CPU at most PyTorch eager's; predicting a
 folder at least 0.8x the eval call's images/s.
 
     python bench/deploy.py [--layout SSD300-VGG16] [--checkpoint best.pt] [--batch 8] [--repeat 20] [--images 100]
+
+BCCD_ROOT moves the photos (default ../shared/data/BCCD_Dataset/BCCD).
 """
 
 import argparse
+import copy
+import os
 import statistics
 import tempfile
 import time
@@ -25,7 +30,7 @@ from detection.engine.prediction import PredictionWriter, predict_batches
 from detection.models.export import ExportedDetector, export_onnx, export_torchscript
 from edge import model_from_checkpoint
 
-BCCD = REPO.parent / "shared" / "data" / "BCCD_Dataset" / "BCCD" / "JPEGImages"
+BCCD = Path(os.environ.get("BCCD_ROOT", REPO.parent / "shared" / "data" / "BCCD_Dataset" / "BCCD")) / "JPEGImages"
 
 
 def timings(call, repeat: int) -> list[float]:
@@ -52,6 +57,23 @@ def eager_parts(model, image: torch.Tensor, repeat: int) -> str:
                  "postprocess": lambda: model.postprocess(loc, cls, [tuple(image.shape[-2:])])}
         return "  ".join(f"{name} {1000 * statistics.median(timings(call, repeat)):.1f} ms"
                          for name, call in parts.items())
+
+
+def on_cuda(model, image: torch.Tensor, args) -> None:
+    """Eager batch-1 latency and batch-N throughput on CUDA, fp32 and fp16 autocast, as rows."""
+    device = torch.device("cuda")
+    model = copy.deepcopy(model).to(device)
+    image = image.to(device)
+    for precision, dtype in (("fp32", None), ("fp16", torch.float16)):
+        def call(images):
+            with torch.no_grad(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+                model(images)
+            torch.cuda.synchronize()
+
+        single = timings(lambda: call([image]), args.repeat)
+        throughput = args.batch / statistics.median(timings(lambda: call([image] * args.batch), max(3, args.repeat // 4)))
+        print(f"  {'eager ' + precision:<14} batch 1: {latency(single)}   batch {args.batch}: {throughput:6.1f} images/s"
+              f"   on {device_name(device)}")
 
 
 def folder_against_eval_call(model, class_names: list[str], count: int) -> str:
@@ -81,7 +103,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="a trained SSD checkpoint instead of --layout")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--images", type=int, default=100, help="BCCD photos for the folder measure")
+    parser.add_argument("--images", type=int, default=100, help="BCCD photos for the folder measure (0: skip it)")
     args = parser.parse_args()
     if args.checkpoint:
         model, _, checkpoint = model_from_checkpoint(args.checkpoint)
@@ -112,7 +134,10 @@ def main() -> None:
                   f"batch {args.batch}: {throughput:6.1f} images/s")
             if runtime == "pytorch eager":
                 print(f"  {'':<14} parts: {eager_parts(model, image, args.repeat)}")
-    print(folder_against_eval_call(model, class_names, args.images))
+    if torch.cuda.is_available():
+        on_cuda(model, image, args)
+    if args.images:
+        print(folder_against_eval_call(model, class_names, args.images))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 # (with the device tool: run command "bash bench/gpu_check.sh", carry [".gpu"], after bench/gpu_prepare.sh).
 # Installs .gpu/*.whl where Hydra or albumentations is missing, runs the gpu-marked tests, then the training-step and eval-call
 # benchmarks on CUDA in fp16, without and with channels_last, the data pipeline (CPU workers and the GPU
-# path) and the loop against its bare step for SSD512-ResNet50 at batch 32, with 14 workers and with the GPU path.
+# path), the loop against its bare step for SSD512-ResNet50 at batch 32 (14 workers, and the GPU path), and the
+# deployment speeds (bench/deploy.py: its CPU rows, then eager on CUDA in fp32 and fp16).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 if ! python3 -c "import hydra, albumentations, pycocotools" 2>/dev/null; then
@@ -24,3 +25,4 @@ python3 bench/data.py --workers 14
 target=(dataset=bccd model=ssd backbone=resnet50 anchors=voc512 trainer.batch_size=32 trainer.amp=true)
 python3 bench/loop.py --steps 30 "${target[@]}" augment=ssd trainer.num_workers=14
 python3 bench/loop.py --steps 30 "${target[@]}" augment=ssd_gpu trainer.num_workers=4
+python3 bench/deploy.py --repeat 20 --images 100
