@@ -77,12 +77,41 @@ class ExportConfig:
     check_images: int = 4
 
 
+@dataclass
+class AnchorToolsConfig:
+    """Top-level keys of `anchor_tools.yaml`."""
+
+    model: Any = MISSING
+    backbone: Any = None
+    anchors: Any = None
+    fpn: Any = None
+    dataset: Any = MISSING
+    augment: Any = MISSING
+    tracking: Any = MISSING
+    command: str = "analyse"
+    split: str = "train"
+    iou_threshold: float = 0.5
+    augmented_passes: int = 0
+    seed: int = 0
+    fit: Any = MISSING
+
+
+@dataclass
+class InspectDataConfig:
+    """Top-level keys of `inspect_data.yaml`."""
+
+    dataset: Any = MISSING
+    show: int = 10
+
+
 def register() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
     store.store(name="predict_schema", node=PredictConfig)
     store.store(name="export_schema", node=ExportConfig)
+    store.store(name="anchor_tools_schema", node=AnchorToolsConfig)
+    store.store(name="inspect_data_schema", node=InspectDataConfig)
 
 
 def check_train(cfg: DictConfig) -> TrainerSettings:
@@ -136,6 +165,20 @@ def check_export(cfg: DictConfig) -> None:
     if cfg.format not in ("onnx", "torchscript"):
         raise SettingsError(f"format must be onnx or torchscript, got {cfg.format!r}")
     check_at_least("check_images", cfg.check_images, 0)
+
+
+
+def check_anchor_tools(cfg: DictConfig) -> None:
+    """Refuses a model without priors, an unknown command or split, and out-of-range numbers."""
+    if "anchors" not in cfg.model:
+        raise SettingsError("the anchor tools need an SSD (model=ssd): this model has no priors")
+    for key, allowed in (("command", ("analyse", "fit")), ("split", ("train", "val"))):
+        if cfg[key] not in allowed:
+            raise SettingsError(f"{key} must be one of {list(allowed)}, got {cfg[key]!r}")
+    check_at_least("augmented_passes", cfg.augmented_passes, 0)
+    check_at_least("fit.ratios_per_map", cfg.fit.ratios_per_map, 0, optional=True)
+    for key in ("generations", "population"):
+        check_at_least(f"fit.{key}", cfg.fit[key], 1)
 
 
 register()

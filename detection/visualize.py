@@ -96,11 +96,7 @@ def save_precision_recall_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]],
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".classes.txt").write_text("".join(f"{key}\t{name}\n" for key, name in legend.items()),
                                                     encoding="utf-8")
-    import matplotlib  # here, not at the top: a second of every start-up, needed only at validation
-
-    matplotlib.use("Agg")  # files only, no screen
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 5), dpi=100)
     for name, (recall, precision) in curves.items():
         axes.plot(recall, precision, label=f"{drawn.get(name, name)} (AP {aps.get(name, float('nan')):.3f})")
@@ -112,3 +108,70 @@ def save_precision_recall_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]],
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def pyplot():
+    """matplotlib's pyplot drawing to files (imported on first use: a second of start-up)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no screen
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_anchor_plots(best_iou: np.ndarray, box_sizes: np.ndarray, prior_sizes: Sequence[np.ndarray],
+                      iou_threshold: float, folder: Path) -> list[Path]:
+    """Two PNGs in `folder`: best_iou.png, the histogram of each box's best prior IoU with the threshold
+    marked; box_sizes.png, box width against height (float [G, 2], model-input pixels, log axes) with each
+    map's prior shapes (float [a, 2] per map) over them."""
+    plt = pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    axes.hist(best_iou, bins=40, range=(0, 1), color="tab:blue")
+    axes.axvline(iou_threshold, color="tab:red", linestyle="--", label=f"threshold {iou_threshold}")
+    axes.set(xlabel="best prior IoU", ylabel="ground-truth boxes",
+             title=f"{(best_iou >= iou_threshold).mean():.1%} of {len(best_iou)} boxes reach the threshold")
+    axes.legend()
+    figure.savefig(folder / "best_iou.png")
+    plt.close(figure)
+    figure, axes = plt.subplots(figsize=(6, 5), dpi=100)
+    axes.scatter(box_sizes[:, 0], box_sizes[:, 1], s=4, alpha=0.3, color="grey", label="boxes")
+    for index, shapes in enumerate(prior_sizes):
+        axes.scatter(shapes[:, 0], shapes[:, 1], s=40, marker="x", label=f"map {index} priors")
+    axes.set(xscale="log", yscale="log", xlabel="width (input pixels)", ylabel="height (input pixels)",
+             title="boxes and prior shapes")
+    axes.legend(fontsize="small")
+    figure.savefig(folder / "box_sizes.png")
+    plt.close(figure)
+    return [folder / "best_iou.png", folder / "box_sizes.png"]
+
+
+def save_dataset_plots(boxes: np.ndarray, labels: np.ndarray, class_names: Sequence[str], folder: Path) -> list[Path]:
+    """Three PNGs in `folder` of a split's objects (boxes float [N, 4] xyxy pixels, labels int64 [N]):
+    objects_per_class.png, box_sizes.png (width against height, log axes, a colour per class) and
+    aspect_ratios.png (the histogram of width / height, log axis)."""
+    plt = pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    names, _ = drawable_names(class_names)
+    size = boxes[:, 2:] - boxes[:, :2]
+    sane = (size > 0).all(axis=1)
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    axes.bar(names, [(labels == label).sum() for label in range(1, len(class_names) + 1)])
+    axes.set(ylabel="objects", title="objects per class")
+    figure.savefig(folder / "objects_per_class.png")
+    plt.close(figure)
+    figure, axes = plt.subplots(figsize=(6, 5), dpi=100)
+    for label, name in enumerate(names, start=1):
+        chosen = sane & (labels == label)
+        axes.scatter(size[chosen, 0], size[chosen, 1], s=4, alpha=0.4, label=name)
+    axes.set(xscale="log", yscale="log", xlabel="width (pixels)", ylabel="height (pixels)", title="box sizes")
+    axes.legend(fontsize="small")
+    figure.savefig(folder / "box_sizes.png")
+    plt.close(figure)
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    axes.hist(size[sane, 0] / size[sane, 1], bins=np.geomspace(0.1, 10, 41))
+    axes.set(xscale="log", xlabel="aspect ratio (width / height)", ylabel="objects", title="aspect ratios")
+    figure.savefig(folder / "aspect_ratios.png")
+    plt.close(figure)
+    return [folder / name for name in ("objects_per_class.png", "box_sizes.png", "aspect_ratios.png")]

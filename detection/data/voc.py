@@ -78,6 +78,34 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str], *, ignore_unknown:
     return VOCFile(objects, (root.findtext("filename") or "").strip() or None, unknown)
 
 
+def split_ids(split_file: Path) -> list[str]:
+    """The image ids a split file lists (a UTF-8 BOM and CRLF line ends are fine; an id is its whole line);
+    a missing or empty file, or an id listed twice, is an error naming the file."""
+    if not split_file.is_file():
+        raise FileNotFoundError(f"{split_file}: split file not found (expected a VOC layout: "
+                                f"ImageSets/<image set>/<split>.txt listing image ids)")
+    ids = [line.strip() for line in split_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"{split_file}: the split lists no images")
+    repeated = sorted(image_id for image_id, count in Counter(ids).items() if count > 1)
+    if repeated:
+        raise ValueError(f"{split_file}: ids listed more than once: {repeated[:10]}"
+                         f"{f' and {len(repeated) - 10} more' if len(repeated) > 10 else ''}; list each image once")
+    return ids
+
+
+def find_image(root: Path, image_id: str, filename: Optional[str], xml_path: Path) -> Path:
+    """root/JPEGImages/<the XML's filename>, else root/JPEGImages/<id> with the first image extension found."""
+    folder = root / "JPEGImages"
+    names = [Path(filename).name] if filename else []
+    names += [f"{image_id}{suffix}" for suffix in IMAGE_SUFFIXES]
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{xml_path}: its image {folder / names[0]} does not exist (nor {image_id} with "
+                            f"another image extension)")
+
+
 class VOCDetection(AnnotatedImages):
     """One split of a VOC-layout folder, yielding (image, target) in torchvision's detection contract (see
     AnnotatedImages), masks from SegmentationObject (instance k is the k-th XML object).
@@ -115,16 +143,7 @@ class VOCDetection(AnnotatedImages):
             raise FileNotFoundError(f"{self.root}: dataset root not found (expected Annotations/, JPEGImages/ "
                                     f"and ImageSets/Main/ there)")
         split_file = self.root / "ImageSets" / image_set / f"{split}.txt"
-        if not split_file.is_file():
-            raise FileNotFoundError(f"{split_file}: split file not found (expected a VOC layout under {self.root}: "
-                                    f"ImageSets/{image_set}/{split}.txt listing image ids)")
-        ids = [line.strip() for line in split_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-        if not ids:
-            raise ValueError(f"{split_file}: the split lists no images")
-        repeated = sorted(image_id for image_id, count in Counter(ids).items() if count > 1)
-        if repeated:
-            raise ValueError(f"{split_file}: ids listed more than once: {repeated[:10]}"
-                             f"{f' and {len(repeated) - 10} more' if len(repeated) > 10 else ''}; list each image once")
+        ids = split_ids(split_file)
         self.collect(ids, lambda image_id: self._annotation(image_id, keep_difficult, ignore_unknown_classes),
                      split_file)
 
@@ -133,7 +152,7 @@ class VOCDetection(AnnotatedImages):
         xml_path = self.root / "Annotations" / f"{image_id}.xml"
         objects, filename, unknown = parse_voc_xml(xml_path, self.class_names, ignore_unknown=ignore_unknown)
         self.fixes["ignored unknown-class objects"] += unknown
-        image_path = self._image_path(image_id, filename, xml_path)
+        image_path = find_image(self.root, image_id, filename, xml_path)
         try:
             size, orientation = image_header(image_path, self.max_image_pixels)
         except ValueError:  # unreadable or too large: reported (or skipped) when the sample is read
@@ -149,17 +168,6 @@ class VOCDetection(AnnotatedImages):
         if not keep_difficult:
             keep &= ~objects.difficult
         return replace(objects, boxes=clipped, image_path=image_path, size=size).kept(keep)
-
-    def _image_path(self, image_id: str, filename: Optional[str], xml_path: Path) -> Path:
-        """JPEGImages/<the XML's filename>, else JPEGImages/<id> with the first image extension found."""
-        folder = self.root / "JPEGImages"
-        names = [Path(filename).name] if filename else []
-        names += [f"{image_id}{suffix}" for suffix in IMAGE_SUFFIXES]
-        for name in names:
-            if (folder / name).is_file():
-                return folder / name
-        raise FileNotFoundError(f"{xml_path}: its image {folder / names[0]} does not exist (nor {image_id} with "
-                                f"another image extension)")
 
     def instance_masks(self, annotation: Annotation, height: int, width: int) -> np.ndarray:
         """uint8 [N, H, W], one mask per kept object from its SegmentationObject index; 255 (void) is left out."""

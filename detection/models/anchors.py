@@ -69,6 +69,17 @@ class AnchorSpec:
         return AnchorSpec(self.image_size, self.box_sizes, self.aspect_ratios, measured, steps)
 
 
+def prior_shapes(spec: AnchorSpec, k: int) -> list[tuple[float, float]]:
+    """(width, height) of map k's anchors at one location, in their order: the squares s_k and
+    sqrt(s_k * s_{k+1}), then per ratio r (s_k sqrt(r), s_k / sqrt(r)) and its transpose."""
+    small, large = spec.box_sizes[k], spec.box_sizes[k + 1]
+    shapes = [(small, small), (math.sqrt(small * large),) * 2]
+    for ratio in spec.aspect_ratios[k]:
+        root = math.sqrt(ratio)
+        shapes += [(small * root, small / root), (small / root, small * root)]
+    return shapes
+
+
 def generate_anchors(spec: AnchorSpec) -> torch.Tensor:
     """All anchors of a complete spec, ordered by map, row, column, then anchor at that location.
 
@@ -78,13 +89,8 @@ def generate_anchors(spec: AnchorSpec) -> torch.Tensor:
     if spec.feature_map_sizes is None or spec.steps is None:
         raise ValueError("generate_anchors needs feature_map_sizes and steps; complete the spec with a dry run")
     per_map = []
-    for k, (size, step, ratios) in enumerate(zip(spec.feature_map_sizes, spec.steps, spec.aspect_ratios)):
-        small, large = spec.box_sizes[k], spec.box_sizes[k + 1]
-        shapes = [(small, small), (math.sqrt(small * large),) * 2]
-        for ratio in ratios:
-            root = math.sqrt(ratio)
-            shapes += [(small * root, small / root), (small / root, small * root)]
-        wh = torch.tensor(shapes, dtype=torch.float64)  # [a, 2]
+    for k, (size, step) in enumerate(zip(spec.feature_map_sizes, spec.steps)):
+        wh = torch.tensor(prior_shapes(spec, k), dtype=torch.float64)  # [a, 2]
         centres_1d = (torch.arange(size, dtype=torch.float64) + 0.5) * step
         cy, cx = torch.meshgrid(centres_1d, centres_1d, indexing="ij")
         centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2)  # [size*size, 1, 2]
