@@ -72,8 +72,8 @@ def anchors_yaml(spec, name: str, before: dict, after: dict, cfg: DictConfig) ->
         return f"best possible recall {row['best_possible_recall']:.3f}, mean best IoU {row['best_iou_mean']:.3f}"
 
     return "\n".join([
-        f"# fitted by `python -m detection.anchors fit` to dataset={cfg.dataset.name} ({cfg.split} split, "
-        f"{before['boxes']} boxes, IoU {cfg.iou_threshold}),",
+        f"# fitted by `python -m detection.anchors fit` to dataset={cfg.dataset.name} at {cfg.dataset.root}",
+        f"# ({cfg.split} split, {before['boxes']} boxes, IoU {cfg.iou_threshold}, seed {cfg.seed}),",
         f"# from anchors with box_sizes {list(cfg.anchors.box_sizes)} and aspect_ratios "
         f"{[list(r) for r in cfg.anchors.aspect_ratios]}",
         f"# before: {figures(before)}", f"# after:  {figures(after)}",

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from torchvision.ops import box_iou
 
 from conftest import REPO, SHARED_DATA
@@ -132,9 +133,13 @@ def test_the_commands_analyse_and_fit_bccd_and_the_fitted_yaml_builds_a_model(tm
     from omegaconf import OmegaConf
 
     common = ["dataset=bccd", f"dataset.root={BCCD}", "anchors=ssd300", "backbone=resnet18"]
-    result = run_module("detection.anchors", "analyse", *common, run_dir=tmp_path / "run")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_module("detection.anchors", "analyse", *common, "tracking=mlflow", f"tracking.uri={uri}",
+                        "tracking.system_metrics=false", run_dir=tmp_path / "run")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
+    [run] = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("anchors").experiment_id])
+    assert run.data.metrics["default/best_possible_recall"] == pytest.approx(0.963, abs=1e-3)
     assert "205 images, 2805 boxes at input 300" in output and "Platelets" in output
     default = json.loads((tmp_path / "run" / "anchors_report.json").read_text())["default"]
     assert default["overall"]["boxes"] == 2805 and len(default["per_map"]) == 6
