@@ -6,10 +6,13 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: install train test test-fast bench mlflow-ui clean
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
+	# TIDE's reference implementation, which tests/test_errors.py compares with: without its declared
+	# dependencies, which would put opencv-python's GUI build over our headless OpenCV (what it imports is here)
+	$(PY) -m pip install --quiet --no-deps tidecv==1.0.1 seaborn==0.13.2 appdirs==1.4.4
 	touch $@
 
 install: $(INSTALLED)

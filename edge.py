@@ -49,7 +49,7 @@ MAY_CHANGE_ON_RESUME = ("trainer.max_epochs", "trainer.device", "trainer.num_wor
                         "trainer.prefetch_factor", "trainer.warn_data_wait", "trainer.log_every",
                         "trainer.checkpoint_every", "trainer.keep_last", "trainer.progress",
                         "trainer.debug_images_every", "trainer.channels_last", "trainer.compile",
-                        "trainer.cudnn_benchmark", *DATA_PATHS)
+                        "trainer.cudnn_benchmark", "trainer.confusion_score_threshold", *DATA_PATHS)
 ALWAYS_FROM_COMMAND_LINE = ("ckpt_path", "hydra")
 
 
@@ -266,7 +266,9 @@ def training_hooks(cfg: DictConfig, settings: TrainerSettings, job: Job, tracker
     """What happens around the steps: metrics, debug images and validation (in that order), and the
     checkpoints (only the main rank writes them or draws)."""
     artifacts = debug_artifacts(cfg, run_dir, tracker, job.precision, job.device) if job.is_main else None
-    validation = hooks.Validation(val_loader, DetectionEvaluator(class_names=list(cfg.dataset.classes)), tracker,
+    evaluator = DetectionEvaluator(class_names=list(cfg.dataset.classes),
+                                   confusion_score_threshold=settings.confusion_score_threshold)
+    validation = hooks.Validation(val_loader, evaluator, tracker,
                                   device=job.device, precision=job.precision, progress=settings.progress,
                                   artifacts=artifacts)
     logger = hooks.MetricLogger(tracker, every=settings.log_every, warn_data_wait=settings.warn_data_wait)

@@ -48,6 +48,7 @@ class EvaluateConfig:
     batch_size: int = 8
     num_workers: int = 2
     device: str = "auto"
+    confusion_score_threshold: float = 0.5
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Evaluator speed on a VOC-sized split: 5,000 images x 20 classes x 100 detections per image.
 
-Prints the time of VOC07 + VOC-area AP together, and of the COCO metrics with our backend
-(faster-coco-eval) against plain pycocotools on the same data, with the numbers of both.
+Prints the time of VOC07 + VOC-area AP together, of the TIDE error breakdown with the confusion matrix
+against them (target: at most 2x), and of the COCO metrics with our backend (faster-coco-eval) against
+plain pycocotools on the same data, with the numbers of both.
 
     python bench/eval.py [--images 5000]
 """
@@ -62,6 +63,10 @@ def main() -> None:
     seconds, voc = timed(("voc07", "voc"), predictions, targets)
     print(f"VOC07 + VOC area:            {seconds:6.2f} s   (target <= 2 s)  voc07_map {voc['voc07_map']:.4f} "
           f"voc_map {voc['voc_map']:.4f}")
+    errors_seconds, errors = timed(("errors",), predictions, targets)
+    print(f"TIDE errors + confusion:     {errors_seconds:6.2f} s   {errors_seconds / seconds:.2f}x the VOC metrics "
+          f"(target <= 2x)  dAP: " + " ".join(f"{name} {value:.4f}" for name, value in errors.items()
+                                               if not name.endswith("_count")))
     ours, faster = timed(("coco",), predictions, targets, coco_backend="faster-coco-eval")
     reference, plain = timed(("coco",), predictions, targets, coco_backend="pycocotools")
     print(f"COCO, pycocotools:           {reference:6.2f} s   coco_map {plain['coco_map']:.6f} "

@@ -175,3 +175,43 @@ def save_dataset_plots(boxes: np.ndarray, labels: np.ndarray, class_names: Seque
     figure.savefig(folder / "aspect_ratios.png")
     plt.close(figure)
     return [folder / name for name in ("objects_per_class.png", "box_sizes.png", "aspect_ratios.png")]
+
+
+def save_error_plots(errors: dict, folder: Path, *, title: str) -> list[Path]:
+    """Two PNGs in `folder` from an error breakdown (`DetectionEvaluator.error_breakdown()`):
+    errors_dap.png, the AP each error type costs (TIDE's dAP, with its count) beside the false-positive and
+    false-negative dAPs; confusion.png, the confusion matrix row-normalised as a heat map, counts written."""
+    plt = pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(errors["dap"])
+    figure, axes = plt.subplots(figsize=(8, 4), dpi=100)
+    colours = ["tab:red"] * (len(names) - 2) + ["tab:grey"] * 2
+    bars = axes.bar(names, [errors["dap"][name] for name in names], color=colours)
+    for bar, name in zip(bars, names):
+        count = errors["counts"].get(name)
+        if count is not None:
+            axes.annotate(f"{count}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                          va="bottom", fontsize="small")
+    axes.set(ylabel="dAP (AP50 gained by fixing them)", title=f"{title}: AP50 {errors['ap']:.3f}")
+    axes.tick_params(axis="x", labelrotation=30)
+    figure.tight_layout()
+    figure.savefig(folder / "errors_dap.png")
+    plt.close(figure)
+    counts = np.asarray(errors["confusion"], dtype=np.float64)
+    rows, columns = errors["confusion_labels"]["rows"], errors["confusion_labels"]["columns"]
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = 3 + 0.5 * len(rows)
+    figure, axes = plt.subplots(figsize=(side + 1, side), dpi=100)
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(counts):
+        if count:
+            axes.text(column, row, f"{int(count)}", ha="center", va="center", fontsize="x-small",
+                      color="white" if shares[row, column] > 0.5 else "black")
+    axes.set_xticks(range(len(columns)), drawable_names(columns)[0], rotation=45, ha="right")
+    axes.set_yticks(range(len(rows)), drawable_names(rows)[0])
+    axes.set(xlabel="predicted", ylabel="ground truth", title=f"{title}: confusion (row shares, counts)")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(folder / "confusion.png")
+    plt.close(figure)
+    return [folder / "errors_dap.png", folder / "confusion.png"]

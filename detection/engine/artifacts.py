@@ -1,5 +1,6 @@
 """Debug artifacts of a training run: images with ground truth and predictions drawn, every N steps and
-at each validation, and a per-class precision-recall plot at each validation. Each is written under the
+at each validation, and at each validation a per-class precision-recall plot and the error plots (TIDE's
+dAP per error type, the confusion matrix). Each is written under the
 run directory (nothing depends on the tracker being up) and sent to the tracker."""
 
 import contextlib
@@ -11,12 +12,12 @@ from torch import nn
 
 from detection.evaluation import DetectionEvaluator, class_aps
 from detection.tracking import Tracker
-from detection.visualize import draw_detections, save_image, save_precision_recall_plot
+from detection.visualize import draw_detections, save_error_plots, save_image, save_precision_recall_plot
 
 
 class DebugArtifacts:
     """Args:
-        folder: the run directory; images go to debug_images/, plots to precision_recall/.
+        folder: the run directory; images go to debug_images/, plots to precision_recall/ and errors/.
         class_names: label k is class_names[k - 1].
         every: steps between training debug images (None: only at validation).
         autocast: the context the loop runs the model in (bf16 / fp16 autocast or none).
@@ -37,7 +38,8 @@ class DebugArtifacts:
 
     def validation(self, model: nn.Module, step: int, sample: Optional[tuple], evaluator: DetectionEvaluator,
                    metrics: dict[str, float]) -> None:
-        """After a validation: a validation image (`sample`, or None when unreadable) and the PR curves."""
+        """After a validation: a validation image (`sample`, or None when unreadable), the PR curves and
+        the error plots."""
         if sample is not None:
             self._debug_image(model, *sample, f"val_step_{step:07d}.png")
         path = save_precision_recall_plot(evaluator.precision_recall(), class_aps(metrics, self.class_names),
@@ -47,6 +49,10 @@ class DebugArtifacts:
         self.tracker.log_artifact(path, artifact_path="precision_recall")
         if path.with_suffix(".classes.txt").is_file():  # the classes the font could not draw by name
             self.tracker.log_artifact(path.with_suffix(".classes.txt"), artifact_path="precision_recall")
+        if "errors" in evaluator.metrics:
+            for path in save_error_plots(evaluator.error_breakdown(), self.folder / "errors" / f"step_{step:07d}",
+                                         title=f"step {step}"):
+                self.tracker.log_artifact(path, artifact_path=f"errors/step_{step:07d}")
 
     @torch.no_grad()
     def _debug_image(self, model: nn.Module, image: torch.Tensor, target: dict, name: str) -> None:

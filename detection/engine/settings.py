@@ -50,6 +50,7 @@ class TrainerSettings:
     compile: bool = False
     cudnn_benchmark: bool = True
     warn_data_wait: Optional[float] = 0.25
+    confusion_score_threshold: float = 0.5
 
     def __post_init__(self):
         for key, minimum in (("max_epochs", 1), ("batch_size", 1), ("num_workers", 0), ("log_every", 1),
@@ -68,6 +69,9 @@ class TrainerSettings:
         if self.warn_data_wait is not None and not 0 < self.warn_data_wait < 1:
             raise SettingsError(f"trainer.warn_data_wait={self.warn_data_wait!r}: must be a fraction of the step "
                                 f"time between 0 and 1, or null (never warn)")
+        if not 0 <= self.confusion_score_threshold <= 1:
+            raise SettingsError(f"trainer.confusion_score_threshold={self.confusion_score_threshold!r}: must be a "
+                                f"score between 0 and 1")
         if not isinstance(self.device, str) or not self.device:
             raise SettingsError(f"trainer.device={self.device!r}: must be auto, cpu, cuda or cuda:<index>")
 

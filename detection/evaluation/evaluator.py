@@ -7,11 +7,12 @@ import numpy as np
 import torch
 
 from detection.evaluation.coco import BACKENDS, coco_metrics, encode_masks
+from detection.evaluation.errors import breakdown, outcomes
 from detection.evaluation.voc import average_precision, precision_recall_curves
 
 log = logging.getLogger(__name__)
 
-METRICS = ("voc07", "voc", "coco")
+METRICS = ("voc07", "voc", "coco", "errors")
 MASK_THRESHOLD = 0.5  # predicted mask probabilities above it are the instance
 EMPTY = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "scores": np.zeros(0, np.float32),
          "difficult": np.zeros(0, bool), "iscrowd": np.zeros(0, bool)}
@@ -25,14 +26,18 @@ class DetectionEvaluator:
         metrics: any of 'voc07' (11-point AP at IoU 0.5, VOC2007 test), 'voc' (area under the precision
             envelope, VOC2010+) and 'coco' (COCOeval: AP at IoU 0.5:0.95, AP50, AP75, by object size).
         coco_backend: 'faster-coco-eval' or 'pycocotools' (identical numbers; the first is faster).
+        confusion_score_threshold: the detections the confusion matrix counts ('errors').
 
     `compute()` returns a flat dict: '<metric>_map' and '<metric>_ap/<class>' for voc07 and voc (the mean
     is over classes with ground truth, nan when no class has any); for coco 'coco_map', 'coco_map_50', 'coco_map_75',
-    'coco_map_small|medium|large', 'coco_ap/<class>', and the same with 'coco_mask_' when masks were given.
+    'coco_map_small|medium|large', 'coco_ap/<class>', and the same with 'coco_mask_' when masks were given;
+    for errors (TIDE's breakdown at IoU 0.5, `detection.evaluation.errors`) 'errors/<type>' (the dAP of each
+    type, false_positives and false_negatives) and 'errors/<type>_count'. `error_breakdown()` gives the whole
+    breakdown: per class too, and the confusion matrix.
     """
 
     def __init__(self, *, class_names: Sequence[str], metrics: Sequence[str] = METRICS,
-                 coco_backend: str = "faster-coco-eval"):
+                 coco_backend: str = "faster-coco-eval", confusion_score_threshold: float = 0.5):
         unknown = set(metrics) - set(METRICS)
         if unknown:
             raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {list(METRICS)}")
@@ -41,10 +46,12 @@ class DetectionEvaluator:
         self.class_names = tuple(class_names)
         self.metrics = tuple(metrics)
         self.coco_backend = coco_backend
+        self.confusion_score_threshold = confusion_score_threshold
         self.reset()
 
     def reset(self) -> None:
         self._records: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
+        self._breakdown: dict[str, Any] | None = None
 
     def update(self, predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> None:
         """predictions: 'boxes' float [K, 4] xyxy pixels, 'labels' int64 [K], 'scores' float [K], optionally
@@ -64,11 +71,23 @@ class DetectionEvaluator:
                 objects["masks"] = encode_masks(target["masks"].cpu().numpy())
                 objects["image_size"] = tuple(target["masks"].shape[-2:])  # (H, W), for COCOeval's masks
             self._records.append((image_id, detections, objects))
+        self._breakdown = None
 
     def synchronize(self, gather: Callable[[list[Any]], list[Any]]) -> None:
         """Replaces this process's records with those `gather` collects from every process (data
         parallelism), in image_id order, so every process computes the single-process metrics."""
         self._records = sorted(gather(self._records), key=lambda record: record[0])
+        self._breakdown = None
+
+    def error_breakdown(self) -> dict[str, Any]:
+        """TIDE's error counts and dAPs (overall and per class) and the confusion matrix, as
+        `detection.evaluation.errors.breakdown` returns them; computed once per set of records."""
+        if self._breakdown is None:
+            detections, objects = self._concatenated()
+            result = outcomes(detections, objects, len(self.class_names),
+                              score_threshold=self.confusion_score_threshold)
+            self._breakdown = breakdown(result, detections, objects, list(self.class_names))
+        return self._breakdown
 
     def precision_recall(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """class name -> (recall, precision) at IoU 0.5 as VOC ranks detections, for classes with objects."""
@@ -86,6 +105,10 @@ class DetectionEvaluator:
                    for name, (recall, precision) in curves.items()}
             results.update({f"{metric}_ap/{name}": ap for name, ap in aps.items()})
             results[f"{metric}_map"] = float(np.mean(list(aps.values()))) if aps else float("nan")
+        if "errors" in self.metrics:
+            errors = self.error_breakdown()
+            results.update({f"errors/{name}": value for name, value in errors["dap"].items()})
+            results.update({f"errors/{name}_count": float(count) for name, count in errors["counts"].items()})
         if "coco" in self.metrics:
             images = {image_id: record.get("image_size", (0, 0)) for image_id, _, record in self._records}
             iou_types = {"coco": "bbox", **({"coco_mask": "segm"} if "masks" in objects else {})}
