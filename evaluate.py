@@ -18,6 +18,7 @@ from detection.engine.distributed import init_distributed, shutdown_distributed
 from detection.engine.device import resolve_device
 from detection.engine.inference import evaluate
 from detection.evaluation import DetectionEvaluator, class_aps, validation_metrics
+from detection.visualize import save_error_plots
 import edge
 from schema import SettingsError, check_evaluate
 
@@ -70,12 +71,14 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     print(per_class_table(metrics, list(dataset.classes)))
     print(error_table(errors, list(dataset.classes)))
     (edge.run_dir() / "metrics.json").write_text(json.dumps({**metrics, "error_breakdown": errors}, indent=2))
+    save_error_plots(errors, edge.run_dir() / "errors", title=Path(cfg.ckpt_path).name)
     tracker = edge.build_tracker(cfg.tracking, experiment_name=edge.label_of(trained, checkpoint.get("choices", {})),
                                  run_name=f"evaluate {Path(cfg.ckpt_path).name}")
     tracker.start(params={"ckpt_path": str(cfg.ckpt_path), "dataset.name": dataset.name}, tags={"job": "evaluate"})
     with edge.ended_with_status(tracker):
         tracker.log_metrics(metrics, step=int(checkpoint["step"]))
         tracker.log_artifact(edge.run_dir() / "metrics.json")
+        tracker.log_artifact(edge.run_dir() / "errors")
     return metrics
 
 

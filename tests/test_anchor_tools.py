@@ -93,7 +93,7 @@ def test_inspect_finds_each_planted_problem_and_names_its_file(tmp_path):
     for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / folder).mkdir(parents=True)
     plants = {"good": [("cat", (10, 10, 50, 50))], "outside": [("cat", (10, 10, 90, 50))],
-              "zero": [("cat", (20, 20, 19, 40))], "twice": [("dog", (5, 5, 30, 30)), ("dog", (5, 5, 30, 30))],
+              "zero": [("cat", (20, 20, 19, 40))], "tiny": [("cat", (20, 20, 20, 20))], "twice": [("dog", (5, 5, 30, 30)), ("dog", (5, 5, 30, 30))],
               "unknown": [("cat", (5, 5, 30, 30)), ("horse", (5, 5, 30, 30))], "empty": [], "resized": [("cat", (10, 10, 50, 50))],
               "noimage": [("cat", (10, 10, 50, 50))]}
     for name, objects in plants.items():
@@ -104,12 +104,12 @@ def test_inspect_finds_each_planted_problem_and_names_its_file(tmp_path):
     (root / "ImageSets/Main/train.txt").write_text("\n".join([*plants, "broken"]))
     audit = audit_split(root, "train", ["cat", "dog"])
     expected = {"box outside the image": "outside.xml", "zero-area box": "zero.xml", "duplicate box": "twice.xml",
-                "unknown class": "unknown.xml", "image without objects": "empty.xml",
+                "unknown class": "unknown.xml", "image without objects": "empty.xml", "tiny box": "tiny.xml",
                 "size disagrees with the image": "resized.xml", "missing or unreadable image": "noimage.xml",
                 "unreadable annotation": "broken.xml"}
     for kind, file_name in expected.items():
         assert len(audit.problems[kind]) == 1 and file_name in audit.problems[kind][0], kind
-    assert error_count([audit]) == 6  # the clipped box and the empty image are warnings
+    assert error_count([audit]) == 6  # the clipped box, the 1-pixel box and the empty image are warnings
     (root / "ImageSets/Main/val.txt").write_text("good\n")
     result = run_module("detection.data.inspect", "dataset=voc_layout", f"dataset.root={root}",
                         "dataset.classes=[cat,dog]", run_dir=tmp_path / "run")

@@ -1,7 +1,8 @@
 """A VOC-layout dataset read the way training reads it, reporting what would hurt training, by file:
 errors (a missing or unreadable image or annotation, an XML <size> the image disagrees with, an unknown
 class, a zero-area box, a box listed twice) and warnings (a box reaching outside the image, which the loader
-clips; an image without objects, which trains as a negative); and statistics of what is there."""
+clips; a box with a side under 2 pixels; an image without objects, which trains as a negative); and
+statistics of what is there."""
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from detection.data.voc import find_image, parse_voc_xml, split_ids
 
 ERRORS = ("missing or unreadable image", "unreadable annotation", "size disagrees with the image", "unknown class",
           "zero-area box", "duplicate box")
-WARNINGS = ("box outside the image", "image without objects")
+WARNINGS = ("box outside the image", "tiny box", "image without objects")
+TINY = 2.0  # pixels: a box with a side under it is more likely a stray click than an object
 
 
 @dataclass
@@ -56,6 +58,9 @@ def audit_image(root: Path, image_id: str, class_names: Sequence[str], audit: Sp
     boxes = objects.boxes
     for index in np.flatnonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])):
         audit.problems["zero-area box"].append(f"{xml_path}: object {objects.instance_ids[index]} {boxes[index].tolist()}")
+    sides = boxes[:, 2:] - boxes[:, :2]
+    for index in np.flatnonzero((sides > 0).all(axis=1) & (sides < TINY).any(axis=1)):
+        audit.problems["tiny box"].append(f"{xml_path}: object {objects.instance_ids[index]} {boxes[index].tolist()}")
     if size is not None:
         outside = (boxes[:, :2] < 0).any(axis=1) | (boxes[:, 2] > size[0]) | (boxes[:, 3] > size[1])
         for index in np.flatnonzero(outside):
