@@ -168,3 +168,16 @@ def test_the_breakdown_is_tidecvs_on_bccd_ground_truth(tmp_path):
                                     float(rng.random())))
     assert len(objects) == 1138
     assert_agree(ours(objects, predictions, 3), tidecv_breakdown(tmp_path, objects, predictions, len(val), 3))
+
+
+def test_the_ground_truth_given_as_predictions_has_no_errors(tmp_path):
+    """tidecv's issue #40 reports missed errors in this case; neither it nor this code gives any on BCCD."""
+    val = VOCDetection(root=str(SHARED_DATA / "BCCD_Dataset" / "BCCD"), split="val",
+                       class_names=["RBC", "WBC", "Platelets"])
+    objects = [(image, box, label) for image, annotation in enumerate(val.annotations)
+               for box, label in zip(annotation.boxes.tolist(), annotation.labels.tolist())]
+    rng = np.random.default_rng(0)
+    predictions = [(image, box, label, float(rng.random())) for image, box, label in objects]
+    mine = ours(objects, predictions, 3)
+    assert mine["ap"] == 1.0 and sum(mine["counts"].values()) == 0
+    assert_agree(mine, tidecv_breakdown(tmp_path, objects, predictions, len(val), 3))
