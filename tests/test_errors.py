@@ -21,7 +21,7 @@ TIDE_NAMES = dict(zip(["Cls", "Loc", "Both", "Dupe", "Bkg", "Miss"], ERROR_TYPES
 def evaluate(predictions: list[tuple[list[float], int, float]], objects=OBJECTS, labels=(1, 2), **flags):
     """The breakdown of one image's predictions ((box, label, score) each) against `objects`."""
     evaluator = DetectionEvaluator(class_names=CLASSES, metrics=("errors",))
-    boxes = torch.tensor([box for box, _, _ in predictions] or torch.zeros(0, 4), dtype=torch.float32).reshape(-1, 4)
+    boxes = torch.tensor([box for box, _, _ in predictions], dtype=torch.float32).reshape(-1, 4)
     evaluator.update([{"boxes": boxes, "labels": torch.tensor([label for _, label, _ in predictions], dtype=torch.int64),
                        "scores": torch.tensor([score for _, _, score in predictions])}],
                      [{"boxes": torch.tensor(objects).reshape(-1, 4), "labels": torch.tensor(labels),
@@ -60,6 +60,13 @@ def test_a_missed_object_is_missed_and_an_object_a_fix_would_find_is_not():
     errors = evaluate([PERFECT[0], (OBJECTS[1], 1, 0.8)])  # the dog called a cat: a classification error
     assert errors["counts"]["missed"] == 0 and errors["counts"]["classification"] == 1
     assert errors["dap"]["classification"] == pytest.approx(0.5) and errors["per_class"]["dog"]["counts"]["missed"] == 0
+
+
+def test_without_detections_every_object_is_missed_and_without_objects_every_detection_is_background():
+    errors = evaluate([])
+    assert errors["counts"]["missed"] == 2 and errors["ap"] == 0 and errors["confusion"][0][2] == 1
+    errors = evaluate(PERFECT, objects=[], labels=[])
+    assert errors["counts"]["background"] == 2 and errors["confusion"][2][:2] == [1, 1]
 
 
 def test_difficult_objects_are_nobodys_to_miss_and_detections_on_them_count_neither_way():

@@ -47,10 +47,9 @@ class Outcomes:
     confusion: np.ndarray
 
 
-def box_overlaps(boxes: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(IoU, intersection over the first box's area: COCOeval's overlap with a crowd), both float
-    [..., R, G], of boxes float [..., R, 4] with others float [..., G, 4], xyxy pixels in COCO's continuous
-    convention."""
+def box_overlaps(boxes: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(IoU float [..., R, G], intersection float [..., R, G], the first boxes' areas float [..., R, 1]) of
+    boxes float [..., R, 4] with others float [..., G, 4], xyxy pixels in COCO's continuous convention."""
     first = [boxes[..., :, None, k] for k in range(4)]  # each [..., R, 1]
     second = [others[..., None, :, k] for k in range(4)]  # each [..., 1, G]
     width = np.minimum(first[2], second[2]) - np.maximum(first[0], second[0])
@@ -58,8 +57,8 @@ def box_overlaps(boxes: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.
     intersection = np.maximum(width, 0.0) * np.maximum(height, 0.0)
     area = (first[2] - first[0]) * (first[3] - first[1])
     areas = (second[2] - second[0]) * (second[3] - second[1])
-    tiny = np.finfo(np.float64).tiny
-    return intersection / np.maximum(area + areas - intersection, tiny), intersection / np.maximum(area, tiny)
+    union = np.maximum(area + areas - intersection, np.finfo(np.float64).tiny)
+    return intersection / union, intersection, area
 
 
 def padded(image: np.ndarray, images: np.ndarray, width: int, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,35 +72,34 @@ def padded(image: np.ndarray, images: np.ndarray, width: int, order: np.ndarray)
     return order[np.minimum(slots, max(len(order) - 1, 0))] if len(order) else np.zeros_like(slots), valid
 
 
-def greedy_match(iou: np.ndarray, allowed: np.ndarray, active: np.ndarray, threshold: float) -> tuple[np.ndarray, ...]:
-    """Detections, best first, each take the unmatched allowed object they overlap most, at IoU >= threshold.
-    iou float [I, R, G], allowed bool [I, R, G], active bool [I, R] -> (matched bool [I, R], their object
-    int [I, R], objects taken bool [I, G]). A loop over the R detection ranks, every image at once."""
-    images = np.arange(iou.shape[0])
-    taken = np.zeros((iou.shape[0], iou.shape[2]), dtype=bool)
-    matched = np.zeros(iou.shape[:2], dtype=bool)
-    chosen = np.zeros(iou.shape[:2], dtype=np.int64)
-    for rank in range(iou.shape[1] if iou.shape[2] else 0):
-        candidates = np.where(allowed[:, rank] & ~taken, iou[:, rank], 0.0)
-        best = candidates.argmax(axis=1)
-        hit = active[:, rank] & (candidates[images, best] >= threshold)
+def greedy_match(candidates: np.ndarray, active: np.ndarray, threshold: float) -> tuple[np.ndarray, ...]:
+    """Detections, best first, each take the unmatched object they overlap most, at IoU >= threshold.
+    candidates float [I, R, G]: the IoU with each object a detection may take (0 where it may not); active
+    bool [I, R] -> (matched bool [I, R], their object int [I, R], objects taken bool [I, G]). A loop over
+    the R detection ranks, every image at once."""
+    images = np.arange(candidates.shape[0])
+    taken = np.zeros((candidates.shape[0], candidates.shape[2]), dtype=bool)
+    matched = np.zeros(candidates.shape[:2], dtype=bool)
+    chosen = np.zeros(candidates.shape[:2], dtype=np.int64)
+    for rank in range(candidates.shape[1] if candidates.shape[2] else 0):
+        free = np.where(taken, 0.0, candidates[:, rank])
+        best = free.argmax(axis=1)
+        hit = active[:, rank] & (free[images, best] >= threshold)
         taken[images[hit], best[hit]] = True
         matched[:, rank], chosen[:, rank] = hit, best
     return matched, chosen, taken
 
 
-def classify_errors(iou: np.ndarray, same_class: np.ndarray, real: np.ndarray, taken: np.ndarray,
+def classify_errors(own: np.ndarray, other: np.ndarray, real: np.ndarray, taken: np.ndarray,
                     foreground: float, background: float) -> tuple[np.ndarray, np.ndarray]:
     """TIDE's error type (index into ERROR_TYPES) of every detection of [I, R] and the object int [I, R] a
-    classification or localisation error would take; `real` bool [I, G]: the objects that are neither
-    padding nor ignored, `taken` bool [I, G] those matched."""
-    if iou.shape[2] == 0:  # no image of the block has objects
-        return np.full(iou.shape[:2], ERROR_TYPES.index("background")), np.full(iou.shape[:2], -1)
-    own_mask = same_class & real[:, None]
-    own = np.where(own_mask, iou, 0.0)
-    other = np.where(real[:, None] & ~same_class, iou, 0.0)
+    classification or localisation error would take. own, other float [I, R, G]: the IoU with the real
+    objects (neither padding nor ignored) of the detection's class and of the others, 0 elsewhere; `real`
+    bool [I, G]; `taken` bool [I, G] the objects matched."""
+    if own.shape[2] == 0:  # no image of the block has objects
+        return np.full(own.shape[:2], ERROR_TYPES.index("background")), np.full(own.shape[:2], -1)
     best_own, best_other = own.max(axis=2), other.max(axis=2)
-    best_taken = np.where(own_mask & taken[:, None], iou, 0.0).max(axis=2)
+    best_taken = np.where(taken[:, None], own, 0.0).max(axis=2)
     kinds = [("localisation", (best_own >= background) & (best_own <= foreground)),
              ("classification", best_other >= foreground), ("duplicate", best_taken >= foreground),
              ("background", np.maximum(best_own, best_other) <= background), ("both", np.ones_like(best_own, dtype=bool))]
@@ -173,23 +171,29 @@ def chunk_outcomes(detections, objects, object_ignored, slot, slot_valid, item, 
     """`outcomes` for one block of images (padded [I, R] detection and [I, G] object positions); adds the
     block's confusion counts into `confusion`."""
     labels, objects_labels = detections["labels"][slot], objects["labels"][item]
-    iou, crowd_overlap = box_overlaps(detections["boxes"][slot].astype(np.float64),
-                                      objects["boxes"][item].astype(np.float64))
-    inside = crowd_overlap > foreground
+    iou, intersection, area = box_overlaps(detections["boxes"][slot].astype(np.float64),
+                                           objects["boxes"][item].astype(np.float64))
     ignore = item_valid & object_ignored[item]
     real = item_valid & ~ignore
     same_class = labels[:, :, None] == objects_labels[:, None, :]
-    true_positive, chosen, taken = greedy_match(iou, same_class & real[:, None], slot_valid, foreground)
-    ignored = slot_valid & ~true_positive & (inside & same_class & ignore[:, None]).any(axis=2)
-    error, target = classify_errors(iou, same_class, real, taken, foreground, background)
+    real_iou = np.where(real[:, None], iou, 0.0)
+    own = np.where(same_class, real_iou, 0.0)
+    other = real_iou - own
+    # more than `foreground` of the detection inside a difficult or crowd object (COCOeval's crowd overlap)
+    inside = (intersection > foreground * area) & ignore[:, None] if ignore.any() else np.zeros(iou.shape, bool)
+    true_positive, _, taken = greedy_match(own, slot_valid, foreground)
+    ignored = slot_valid & ~true_positive & (inside & same_class).any(axis=2)
+    error, target = classify_errors(own, other, real, taken, foreground, background)
     negative = slot_valid & ~true_positive & ~ignored
     rows = np.arange(len(slot))[:, None]
-    target = np.where(negative & (target >= 0), item[rows, np.maximum(target, 0)], -1)
+    if item.shape[1]:  # object positions in the split's arrays (a block without objects has no targets)
+        target = np.where(negative & (target >= 0), item[rows, np.maximum(target, 0)], -1)
     # the confusion matrix: detections above the threshold matched to objects of any class
     active = slot_valid & (detections["scores"][slot] >= score_threshold)
-    hit, whose, covered = greedy_match(iou, np.broadcast_to(real[:, None], iou.shape), active, foreground)
-    off = active & ~hit & (inside & ignore[:, None]).any(axis=2)  # inside a difficult or crowd object
-    np.add.at(confusion, (objects_labels[rows, whose][hit] - 1, labels[hit] - 1), 1)
+    hit, whose, covered = greedy_match(real_iou, active, foreground)
+    off = active & ~hit & inside.any(axis=2)  # inside a difficult or crowd object
+    if hit.any():
+        np.add.at(confusion, (objects_labels[rows, whose][hit] - 1, labels[hit] - 1), 1)
     np.add.at(confusion, (-1, labels[active & ~hit & ~off] - 1), 1)
     np.add.at(confusion, (objects_labels[real & ~covered] - 1, -1), 1)
     return {"true_positive": true_positive, "ignored": ignored, "error": np.where(negative, error, -1),
@@ -232,7 +236,8 @@ def breakdown(result: Outcomes, detections: dict[str, np.ndarray], objects: dict
     real = ~result.object_ignored
     positives = np.bincount(objects["labels"][real], minlength=num_classes + 1)
     # the first (best-scored) classification or localisation error on each unmatched object is the one fixed
-    fixable = np.flatnonzero((target >= 0) & ~result.matched[np.maximum(target, 0)])
+    fixable = np.flatnonzero(target >= 0)
+    fixable = fixable[~result.matched[target[fixable]]]
     first = np.zeros(len(target), dtype=bool)
     first[fixable[np.unique(target[fixable], return_index=True)[1]]] = True
     by_score = np.argsort(-scores, kind="stable")
@@ -248,7 +253,9 @@ def breakdown(result: Outcomes, detections: dict[str, np.ndarray], objects: dict
         repaired = wrong & first
         keep = ~wrong | repaired
         if name == "classification":  # repaired detections change class: ranked again
-            new_labels = np.where(repaired, objects["labels"][np.maximum(target, 0)], labels)[keep]
+            new_labels = labels.copy()
+            new_labels[repaired] = objects["labels"][target[repaired]]
+            new_labels = new_labels[keep]
             kept_by_score = (np.cumsum(keep) - 1)[by_score_here[keep[by_score_here]]]  # the same order, renumbered
             again = ranked(new_labels, kept_by_score)
             fixed[name] = class_aps(new_labels[again], (hits | repaired)[keep][again], positives)

@@ -62,6 +62,8 @@ class DetectionEvaluator:
             image_id = int(target.get("image_id", len(self._records)))
             detections = {key: prediction[key].detach().cpu().numpy() for key in ("boxes", "labels", "scores")}
             objects = {"boxes": target["boxes"].cpu().numpy(), "labels": target["labels"].cpu().numpy()}
+            for side in (detections, objects):  # labels index arrays (an empty tensor comes as float)
+                side["labels"] = side["labels"].astype(np.int64)
             for flag in ("difficult", "iscrowd"):
                 objects[flag] = (target[flag].cpu().numpy().astype(bool) if flag in target
                                  else np.zeros(len(objects["labels"]), dtype=bool))
