@@ -342,16 +342,16 @@ def debug_artifacts(cfg: DictConfig, run_dir: Path, tracker: Tracker, precision:
 
 
 def log_best_model(tracker: Tracker, model: torch.nn.Module, checkpoint_dirs: list[Path], val_dataset) -> None:
-    """The best checkpoint as an artifact, and the model with its weights as an MLflow pyfunc model on the
-    exported files' contract (`ContractModel`), its input example the first validation image scaled to at
-    most 64 pixels a side.
+    """The best checkpoint as an artifact (with `tracking.log_checkpoint`), and the model with its weights as
+    an MLflow pyfunc model on the exported files' contract (`ContractModel`), its input example the first
+    validation image scaled to at most 64 pixels a side.
     `checkpoint_dirs`: this run's, then (resumed) the checkpoint's, whose best.pt stands while no later
     validation beats it."""
     best = next((folder / "best.pt" for folder in checkpoint_dirs if (folder / "best.pt").is_file()), None)
     if best is None:
         log.warning("no best.pt in %s: the model is not logged", ", ".join(map(str, checkpoint_dirs)))
         return
-    tracker.log_artifact(best, artifact_path="checkpoints")
+    tracker.log_checkpoint(best)
     model.load_state_dict(load_checkpoint(best)["model"])
     sample = val_dataset[0]
     image = as_float_image(sample[0]) if sample is not None else torch.zeros(3, 64, 64)

@@ -23,7 +23,8 @@ from detection.evaluation import DetectionEvaluator  # noqa: E402
 
 def synthetic_split(num_images: int, *, detections_per_image: int = 100, seed: int = 0):
     """Ground truth (2-6 objects of random classes in a 500x375 image) and detections: a jittered copy of
-    each object with a high score, the rest random boxes of random classes with lower scores."""
+    each object with a high score, the rest random boxes of random classes with lower scores, each image's
+    best first, as the detectors here return them."""
     rng = np.random.default_rng(seed)
     predictions, targets = [], []
     for image_id in range(num_images):
@@ -38,6 +39,8 @@ def synthetic_split(num_images: int, *, detections_per_image: int = 100, seed: i
                                     np.concatenate([random_corner, random_corner + rng.uniform(5, 100, (noise, 2))], 1)])
         det_labels = np.concatenate([labels, rng.integers(1, len(VOC_CLASSES) + 1, noise)])
         det_scores = np.concatenate([rng.uniform(0.5, 1.0, count), rng.uniform(0.0, 0.8, noise)])
+        best_first = np.argsort(-det_scores, kind="stable")
+        det_boxes, det_labels, det_scores = det_boxes[best_first], det_labels[best_first], det_scores[best_first]
         predictions.append({"boxes": torch.tensor(det_boxes, dtype=torch.float32), "labels": torch.tensor(det_labels),
                             "scores": torch.tensor(det_scores, dtype=torch.float32)})
         targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),

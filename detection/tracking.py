@@ -69,6 +69,33 @@ def opened_store(uri: str) -> Iterator[None]:
             raise StoreUnreachable(f"cannot reach the MLflow tracking store at {uri}: {error}") from error
 
 
+def artifact_location(uri: str, experiment_name: str) -> Optional[str]:
+    """Where a new experiment keeps its artifacts: beside a local SQLite store,
+    `<store folder>/mlartifacts/<experiment>`, so that a store and its artifacts travel together (MLflow
+    would put them in `./mlruns` of whatever folder the command ran from); None (the server's or MLflow's
+    default) for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+    return (folder / "mlartifacts" / re.sub(r"[^\w.-]", "_", experiment_name)).as_uri()
+
+
+def experiment_id(client, uri: str, name: str) -> str:
+    """The id of experiment `name` at `uri`, created (with `artifact_location`) when it is new; call it
+    inside `opened_store`, whose lock keeps two jobs from creating it together."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+
+
+def ui_hint(uri: str, experiment: str, run_id: str) -> str:
+    """How to look at a run: the command serving a local store, or the server's page of the run."""
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {uri} (then http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id})"
+
+
 def experiment_label(model: str, backbone: str, dataset: str) -> str:
     """'<model>_<backbone>_<dataset>', e.g. 'ssd512_resnet50_shapes', 'maskrcnn_resnet50_voc'."""
     return f"{model}_{backbone}_{dataset}"
@@ -81,6 +108,7 @@ class Tracker(Protocol):
               parent_run_id: Optional[str] = None) -> Optional[str]: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None: ...
+    def log_checkpoint(self, path: Path) -> None: ...
     def log_model(self, model: Any, input_example: np.ndarray) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
@@ -100,6 +128,9 @@ class NullTracker:
         pass
 
     def log_artifact(self, path, artifact_path=None):
+        pass
+
+    def log_checkpoint(self, path):
         pass
 
     def log_model(self, model, input_example):
@@ -153,18 +184,21 @@ class MlflowTracker:
         system_metrics: MLflow's own CPU / memory / disk / network (and GPU, through nvidia-ml-py)
             sampling, every `system_metrics_interval` seconds, as `system/...` metrics.
         log_model: `log_model()` logs the model with `mlflow.pyfunc.log_model`.
+        log_checkpoint: `log_checkpoint()` also copies the best checkpoint into the run (off by default:
+            the run directory keeps it, and the logged model holds the same weights).
         register_model: also register it under this name in the model registry (None: do not).
     """
 
     def __init__(self, *, uri: Optional[str] = None, experiment_name: str = "detection", run_name: str = "run",
                  system_metrics: bool = True, system_metrics_interval: float = 10.0, log_model: bool = True,
-                 register_model: Optional[str] = None):
+                 log_checkpoint: bool = False, register_model: Optional[str] = None):
         self.uri = uri or DEFAULT_URI
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.system_metrics = system_metrics
         self.system_metrics_interval = system_metrics_interval
         self.log_model_enabled = log_model
+        self.log_checkpoint_enabled = log_checkpoint
         self.register_model = register_model
         self.run_id: Optional[str] = None
         self._lost: Optional[str] = None  # why the store stopped answering, once it has
@@ -183,7 +217,8 @@ class MlflowTracker:
         else:
             os.environ[URI_VARIABLE] = environment
         with opened_store(self.uri):
-            mlflow.set_experiment(self.experiment_name)
+            experiment = experiment_id(mlflow.MlflowClient(self.uri), self.uri, self.experiment_name)
+            mlflow.set_experiment(experiment_id=experiment)
         if self.system_metrics:
             mlflow.set_system_metrics_sampling_interval(self.system_metrics_interval)
             mlflow.set_system_metrics_samples_before_logging(1)
@@ -191,6 +226,8 @@ class MlflowTracker:
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.run_name, tags=tags,
                                log_system_metrics=self.system_metrics)
         self.run_id = run.info.run_id
+        log.info("MLflow run %s in experiment %r; to see it: %s", self.run_id, self.experiment_name,
+                 ui_hint(self.uri, experiment, self.run_id))
         if run_id is None:
             values = {key: _param_value(value) for key, value in params.items()}
             items = list(values.items())
@@ -219,6 +256,11 @@ class MlflowTracker:
             self._send(lambda: mlflow.log_artifacts(str(path), artifact_path=folder), "artifacts", 1, str(path))
         else:
             self._send(lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path), "artifacts", 1, str(path))
+
+    def log_checkpoint(self, path):
+        """The checkpoint file under the run's `checkpoints/`, when `log_checkpoint` is on."""
+        if self.log_checkpoint_enabled:
+            self.log_artifact(path, artifact_path="checkpoints")
 
     def log_model(self, model, input_example):
         """`model`, a callable from NumPy uint8 images [N, 3, H, W] to {output name: array} (the exported
@@ -256,6 +298,8 @@ class MlflowTracker:
         if self.run_id is None:
             return
         self._send(lambda: mlflow.end_run(status=status), "run status", 0, f"the run's end ({status})")
+        log.info("MLflow run %s ended %s; to see it: %s", self.run_id, status,
+                 ui_hint(self.uri, self.experiment_name, self.run_id))
         if self._lost is not None:
             log.error("MLflow run %s at %s is incomplete: %s not logged after the store was lost (%s)",
                       self.run_id, self.uri,
@@ -292,9 +336,8 @@ def start_parent_run(uri: Optional[str], *, experiment_name: str, run_name: str,
     uri = uri or DEFAULT_URI
     client = MlflowClient(uri)
     with opened_store(uri):
-        experiment = client.get_experiment_by_name(experiment_name)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
+        run_id = client.create_run(experiment_id(client, uri, experiment_name), run_name=run_name,
+                                   tags=dict(tags)).info.run_id
     log.info("MLflow sweep run %s in experiment %r at %s", run_id, experiment_name, uri)
     return run_id
 

@@ -42,7 +42,8 @@ def test_names_and_params_follow_mlflows_rules():
 def test_a_run_logs_config_metrics_images_plots_checkpoint_and_model(tmp_path, shapes_root, mlflow_server):
     uri, _ = mlflow_server
     result = run_script("train.py", *SMOKE, f"dataset.root={shapes_root}", f"tracking.uri={uri}",
-                        "tracking.register_model=shapes_ssd", cwd=tmp_path, env=QUICK_RETRIES)
+                        "tracking.register_model=shapes_ssd", "tracking.log_checkpoint=true", cwd=tmp_path,
+                        env=QUICK_RETRIES)
     assert result.returncode == 0, result.stdout + result.stderr
     client = MlflowClient(uri)
     [run] = all_runs(client)
@@ -67,8 +68,27 @@ def test_a_run_logs_config_metrics_images_plots_checkpoint_and_model(tmp_path, s
     # the exported files' contract: uint8 images of any size in, padded detections with counts out
     outputs = model.predict(np.random.randint(0, 256, (2, 3, 96, 80), dtype=np.uint8))
     assert list(outputs) == ["boxes", "scores", "labels", "counts"]
-    assert outputs["boxes"].shape == (2, 100, 4) and outputs["counts"].shape == (2,)
+    assert outputs["boxes"].shape == (2, 200, 4) and outputs["counts"].shape == (2,)  # 200: detections_per_image
     assert client.get_registered_model("shapes_ssd").latest_versions[0].run_id == run.info.run_id
+
+
+@pytest.mark.slow
+def test_a_sqlite_stores_artifacts_live_beside_it_and_the_run_says_how_to_see_it(tmp_path, shapes_root):
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    result = run_script("train.py", *SMOKE, f"dataset.root={shapes_root}", f"tracking.uri={uri}",
+                        "tracking.system_metrics=false", cwd=elsewhere)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    client = MlflowClient(uri)
+    [run] = all_runs(client)
+    assert run.info.artifact_uri.startswith((store / "mlartifacts").as_uri())
+    assert not (elsewhere / "mlruns").exists()
+    assert not any(path.startswith("checkpoints/") for path in artifact_paths(client, run.info.run_id))
+    assert len(list((store / "mlartifacts").glob("*/models/*/artifacts/MLmodel"))) == 1  # the weights, once
+    assert output.count(f"MLflow run {run.info.run_id}") == 2  # at its start and at its end
+    assert f"mlflow ui --backend-store-uri {uri}" in output
 
 
 @pytest.mark.slow

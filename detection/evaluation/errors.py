@@ -209,17 +209,25 @@ def ranked(labels: np.ndarray, by_score: np.ndarray) -> np.ndarray:
 def class_aps(labels: np.ndarray, hits: np.ndarray, positives: np.ndarray) -> np.ndarray:
     """TIDE's AP float [K] of each class 1..K over detections already `ranked` (labels int, hits bool: true
     positive): COCO's 101-point interpolation of the precision envelope; 0 for a class with detections but no
-    objects, nan for a class with neither (left out of the mean). `positives` int [K + 1]: objects per label."""
-    aps = np.full(len(positives) - 1, np.nan)
-    bounds = np.searchsorted(labels, np.arange(1, len(positives) + 1))
-    for label, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
-        if positives[label] <= 0 or hi == lo:
-            aps[label - 1] = np.nan if hi == lo and positives[label] <= 0 else 0.0
-            continue
-        tp = np.cumsum(hits[lo:hi])
-        precision = np.maximum.accumulate((tp / np.arange(1, hi - lo + 1))[::-1])[::-1]
-        found = np.searchsorted(tp / positives[label], RECALL_POINTS, side="left")
-        aps[label - 1] = np.where(found < hi - lo, precision[np.minimum(found, hi - lo - 1)], 0.0).mean()
+    objects, nan for a class with neither (left out of the mean). `positives` int [K + 1]: objects per label.
+    All classes at once: each class's values are offset by twice its index, so that running maxima and
+    searches over the whole array stay inside each class."""
+    classes = np.arange(1, len(positives))
+    bounds = np.searchsorted(labels, np.append(classes, len(positives)))
+    starts, ends = bounds[:-1], bounds[1:]
+    offset = 2.0 * (labels - 1)  # labels are 1..K
+    seen = np.arange(1, len(labels) + 1) - starts[labels - 1]  # detections of its class up to each one
+    tp = np.cumsum(hits)
+    tp = tp - np.append(0, tp)[starts[labels - 1]]
+    precision = np.maximum.accumulate((tp / seen - offset)[::-1])[::-1] + offset  # the envelope, per class
+    recall = tp / np.maximum(positives[labels], 1) + offset
+    found = np.searchsorted(recall, (RECALL_POINTS[None, :] + 2.0 * (classes - 1)[:, None]).ravel(), side="left")
+    found = found.reshape(len(classes), len(RECALL_POINTS))
+    inside = found < ends[:, None]
+    aps = np.where(inside, precision[np.minimum(found, max(len(labels) - 1, 0))] if len(labels) else 0.0,
+                   0.0).mean(axis=1)
+    aps[positives[1:] <= 0] = 0.0
+    aps[(positives[1:] <= 0) & (starts == ends)] = np.nan
     return aps
 
 
