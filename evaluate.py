@@ -68,18 +68,38 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
         return metrics
 
     errors = evaluator.error_breakdown()
-    print(per_class_table(metrics, list(dataset.classes)))
-    print(error_table(errors, list(dataset.classes)))
+    log.info("%s on %s's validation split:\n%s\n%s", cfg.ckpt_path, dataset.name,
+             per_class_table(metrics, list(dataset.classes)), error_table(errors, list(dataset.classes)))
     (edge.run_dir() / "metrics.json").write_text(json.dumps({**metrics, "error_breakdown": errors}, indent=2))
     save_error_plots(errors, edge.run_dir() / "errors", title=Path(cfg.ckpt_path).name)
-    tracker = edge.build_tracker(cfg.tracking, experiment_name=edge.label_of(trained, checkpoint.get("choices", {})),
-                                 run_name=f"evaluate {Path(cfg.ckpt_path).name}")
-    tracker.start(params={"ckpt_path": str(cfg.ckpt_path), "dataset.name": dataset.name}, tags={"job": "evaluate"})
-    with edge.ended_with_status(tracker):
-        tracker.log_metrics(metrics, step=int(checkpoint["step"]))
-        tracker.log_artifact(edge.run_dir() / "metrics.json")
-        tracker.log_artifact(edge.run_dir() / "errors")
+    record_evaluation(cfg, trained, checkpoint, dataset.name, metrics)
     return metrics
+
+
+def record_evaluation(cfg: DictConfig, trained: DictConfig, checkpoint: dict, dataset_name: str,
+                      metrics: dict[str, float]) -> None:
+    """The results as `eval/<name>` metrics (at the checkpoint's step) and `evaluation/<checkpoint>/`
+    artifacts (metrics.json, errors/) in the training run that wrote the checkpoint, when the store holds
+    it and it has ended (it keeps the status it ended with); else in a run of their own named after the
+    checkpoint."""
+    name = Path(cfg.ckpt_path).name
+    tracker = edge.build_tracker(cfg.tracking, experiment_name=edge.label_of(trained, checkpoint.get("choices", {})),
+                                 run_name=f"evaluate {name}")
+    training_run = checkpoint.get("tracking_run_id")
+    status = tracker.run_status(training_run) if training_run else None
+    if status in ("FINISHED", "FAILED", "KILLED"):
+        tracker.start(params={}, tags={}, run_id=training_run)
+        log.info("results logged into the training run %s as eval/...", training_run)
+    else:
+        tracker.start(params={"ckpt_path": str(cfg.ckpt_path), "dataset.name": dataset_name}, tags={"job": "evaluate"})
+        status = None
+    with edge.ended_with_status(tracker):
+        tracker.log_metrics({f"eval/{key.removeprefix('val/')}": value for key, value in metrics.items()},
+                            step=int(checkpoint["step"]))
+        for path in (edge.run_dir() / "metrics.json", edge.run_dir() / "errors"):
+            tracker.log_artifact(path, artifact_path=f"evaluation/{name}")
+        if status is not None:  # the training run ends as it had ended
+            tracker.end(status)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -109,6 +109,7 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None: ...
     def log_checkpoint(self, path: Path) -> None: ...
+    def run_status(self, run_id: str) -> Optional[str]: ...
     def log_model(self, model: Any, input_example: np.ndarray) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
@@ -132,6 +133,9 @@ class NullTracker:
 
     def log_checkpoint(self, path):
         pass
+
+    def run_status(self, run_id):
+        return None
 
     def log_model(self, model, input_example):
         pass
@@ -256,6 +260,17 @@ class MlflowTracker:
             self._send(lambda: mlflow.log_artifacts(str(path), artifact_path=folder), "artifacts", 1, str(path))
         else:
             self._send(lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path), "artifacts", 1, str(path))
+
+    def run_status(self, run_id):
+        """The status of run `run_id` in the store (FINISHED, RUNNING, ...; a checkpoint's training run, when
+        it was tracked here), None when the store does not hold it."""
+        from mlflow import MlflowClient
+
+        probe_store(self.uri)
+        try:
+            return MlflowClient(self.uri).get_run(run_id).info.status
+        except Exception:  # MLflow's own 'not found', or a store without that table yet
+            return None
 
     def log_checkpoint(self, path):
         """The checkpoint file under the run's `checkpoints/`, when `log_checkpoint` is on."""

@@ -50,10 +50,22 @@ def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):
     eval_dir.mkdir()
     result = run_script("evaluate.py", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.pt'}", cwd=eval_dir,
                         env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "VOC07 AP50" in result.stdout and "COCO AP" in result.stdout and "ellipse" in result.stdout
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "VOC07 AP50" in output and "COCO AP" in output and "ellipse" in output and "localisation" in output
     metrics = json.loads((eval_dir / "run" / "metrics.json").read_text())
-    assert 0.0 <= metrics["val/map"] <= 1.0
+    assert 0.0 <= metrics["val/map"] <= 1.0 and "missed" in metrics["error_breakdown"]["counts"]
+    assert "VOC07 AP50" in (eval_dir / "run" / "evaluate.log").read_text()  # the log holds what it printed
+    # the results go into the training run that wrote the checkpoint, at its step
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.run_id == torch.load(tmp_path / "run" / "checkpoints" / "last.pt",
+                                         weights_only=False)["tracking_run_id"]
+    assert run.data.metrics["eval/map"] == metrics["val/map"] and "eval/errors/missed_count" in run.data.metrics
+    assert {item.path for item in client.list_artifacts(run.info.run_id, "evaluation/last.pt")} == \
+        {"evaluation/last.pt/metrics.json", "evaluation/last.pt/errors"}
 
 
 def test_same_seed_repeats_the_run_exactly_on_the_cpu(tmp_path, shapes_root):
