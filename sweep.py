@@ -3,13 +3,17 @@ label it and every run are named by. Kept apart from edge.py and light (no torch
 callbacks before an entry point checks its settings, and a bad setting is refused before torch loads."""
 
 import atexit
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from detection.tracking import end_parent_run, experiment_label, start_parent_run, write_sweep_parent
+from detection.tracking import (end_parent_run, experiment_label, start_parent_run, summarise_sweep, sweep_parent,
+                                write_sweep_parent)
+
+log = logging.getLogger(__name__)
 
 
 def label_of(cfg: DictConfig, choices: dict[str, Any]) -> str:
@@ -23,9 +27,11 @@ def label_of(cfg: DictConfig, choices: dict[str, Any]) -> str:
 class MlflowSweepCallback(Callback):
     """Makes a Hydra multirun one parent MLflow run with a child run per job (`conf/train.yaml`,
     hydra.callbacks). The parent is created when the sweep starts, in the experiment its jobs will use, and
-    recorded in the sweep folder, where every job (in this process or in a launcher's) finds it. It ends
-    FINISHED, with an Optuna search's best parameters as its artifact, or FAILED when the sweep ends on a
-    failed job (Hydra runs every job of the batch first). Nothing happens with `tracking=none`."""
+    recorded in the sweep folder, where every job (in this process or in a launcher's) finds it. It holds
+    the swept space as `sweep.<key>` params and, updated as each job ends, the best child's `best/val/map`
+    and params (`summarise_sweep`). It ends FINISHED, with an Optuna search's best parameters as its
+    artifact, or FAILED when the sweep ends on a failed job (Hydra runs every job of the batch first).
+    Nothing happens with `tracking=none`."""
 
     def __init__(self):
         self._uri: Optional[str] = None
@@ -37,7 +43,8 @@ class MlflowSweepCallback(Callback):
             return
         overrides = list(config.hydra.overrides.task)
         swept = {key: value for key, value in (o.split("=", 1) for o in overrides if "=" in o) if "," in value}
-        swept_keys = [*swept, *(config.hydra.sweeper.get("params") or {})]  # and an Optuna search space
+        space = {**swept, **(config.hydra.sweeper.get("params") or {})}  # and an Optuna search space
+        swept_keys = list(space)
         choices = {**config.hydra.runtime.choices, **{f"sweep_{key}": value.replace(",", "+")
                                                       for key, value in swept.items() if key in ("backbone", "dataset")}}
         experiment_name = tracking.get("experiment_name") or label_of(config, choices)
@@ -47,12 +54,25 @@ class MlflowSweepCallback(Callback):
             self._uri, experiment_name=experiment_name,
             run_name=tracking.get("run_name") or " ".join(["sweep", *swept_overrides]),
             tags={"sweep": "parent", "overrides": " ".join(overrides), "swept": " ".join(swept_keys),
-                  "sweeper": config.hydra.sweeper.get("_target_", "")})
+                  "sweeper": config.hydra.sweeper.get("_target_", "")},
+            params={f"sweep.{key}": str(values) for key, values in space.items()})
         write_sweep_parent(Path(config.hydra.sweep.dir), self._parent, experiment_name, swept_keys)
         atexit.register(self._end, "FAILED")  # the sweep raised before on_multirun_end
 
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """After each job (in whichever process ran it): the parent's summary of the best child so far."""
+        parent = sweep_parent(Path(config.hydra.sweep.dir))
+        if parent is None or config.tracking.get("_target_") != "detection.tracking.MlflowTracker":
+            return
+        try:
+            summarise_sweep(config.tracking.get("uri"), parent["run_id"])
+        except Exception as error:  # the sweep goes on; the summary is made again at its end
+            log.warning("could not update the sweep's parent run %s: %s", parent["run_id"], error)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"
+        if self._parent is not None:
+            summarise_sweep(self._uri, self._parent)
         self._end("FINISHED", results if results.is_file() else None)
 
     def _end(self, status: str, artifact: Optional[Path] = None) -> None:

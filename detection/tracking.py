@@ -343,18 +343,43 @@ def _param_value(value: Any) -> str:
     return text
 
 
-def start_parent_run(uri: Optional[str], *, experiment_name: str, run_name: str, tags: Mapping[str, str]) -> str:
+def start_parent_run(uri: Optional[str], *, experiment_name: str, run_name: str, tags: Mapping[str, str],
+                     params: Mapping[str, str]) -> str:
     """Creates the parent run of a sweep (its jobs' runs become its children) in `experiment_name` at
-    `uri` (None: the default store); returns its id."""
+    `uri` (None: the default store), with `params` (the swept space); returns its id."""
     from mlflow import MlflowClient
+    from mlflow.entities import Param
 
     uri = uri or DEFAULT_URI
     client = MlflowClient(uri)
     with opened_store(uri):
         run_id = client.create_run(experiment_id(client, uri, experiment_name), run_name=run_name,
                                    tags=dict(tags)).info.run_id
+        client.log_batch(run_id, params=[Param(key, _param_value(value)) for key, value in params.items()])
     log.info("MLflow sweep run %s in experiment %r at %s", run_id, experiment_name, uri)
     return run_id
+
+
+def summarise_sweep(uri: Optional[str], parent_run_id: str, metric: str = "val/map") -> None:
+    """The sweep's best child so far, on its parent run: the metric `best/<metric>` (the best child's last
+    value, at a step counting the children that have it) and the tags `best_run_id`, `best_run_name` and
+    `best.<key>` for each swept key. Called as each job ends and as the sweep ends."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri or DEFAULT_URI)
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    scored = [run for run in children if metric in run.data.metrics]
+    if not scored:
+        return
+    best = max(scored, key=lambda run: run.data.metrics[metric])
+    client.log_metric(parent_run_id, f"best/{metric}", best.data.metrics[metric], step=len(scored))
+    swept = parent.data.tags.get("swept", "").split()
+    tags = {"best_run_id": best.info.run_id, "best_run_name": best.info.run_name or "",
+            **{f"best.{key}": best.data.params.get(key, "") for key in swept}}
+    for key, value in tags.items():
+        client.set_tag(parent_run_id, key, value)
 
 
 def end_parent_run(uri: Optional[str], run_id: str, status: str, artifact: Optional[Path] = None) -> None:

@@ -114,6 +114,10 @@ def test_a_multirun_is_a_parent_run_with_a_child_per_job_and_a_failed_job_does_n
     assert {key for key in first if first[key] != second.get(key)} == {"optimizer.lr"}
     assert "val/map" in children[1].data.metrics
     assert ".hydra/config.yaml" in artifact_paths(client, children[0].info.run_id)  # the failed job's config too
+    # the parent shows the swept space and the winner (the one job that reported val/map)
+    assert parent.data.params["sweep.optimizer.lr"] == "-1,0.002"
+    assert parent.data.metrics["best/val/map"] == children[1].data.metrics["val/map"]
+    assert parent.data.tags["best_run_id"] == children[1].info.run_id and parent.data.tags["best.optimizer.lr"] == "0.002"
 
 
 @pytest.mark.slow
@@ -132,6 +136,10 @@ def test_an_optuna_search_maximises_val_map_with_trials_as_child_runs(tmp_path, 
     assert parent.data.tags["swept"] == "optimizer.lr optimizer.weight_decay"
     assert len({run.data.params["optimizer.lr"] for run in trials}) == 2
     assert "optimization_results.yaml" in artifact_paths(client, parent.info.run_id)
+    best = max(trials, key=lambda run: run.data.metrics["val/map"])
+    assert parent.data.metrics["best/val/map"] == best.data.metrics["val/map"]
+    assert parent.data.tags["best.optimizer.lr"] == best.data.params["optimizer.lr"]
+    assert parent.data.params["sweep.optimizer.lr"] == "tag(log, interval(1e-4, 1e-2))"
 
 
 @pytest.mark.faults
