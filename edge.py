@@ -7,6 +7,7 @@ the status of how the work ended), and the training run's pieces assembled from 
 import copy
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -284,6 +285,41 @@ def build_tracker(tracking: DictConfig, *, experiment_name: str, run_name: str) 
                        run_name=tracking.get("run_name") or run_name)
 
 
+# keys that say how a run reports, not what it trains: neither params nor part of a run's name
+QUIET_KEYS = ("tracking.", "tracking=", "trainer.progress", "trainer.log_every", "hydra.")
+INSTANTIATION_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
+
+
+def run_params(cfg: DictConfig) -> dict[str, str]:
+    """The params a run logs: the composed configuration flattened to dotted keys, resolved, without the
+    copies interpolation makes (`model.anchors.*` is `anchors.*`, `dataset.train.root` is `dataset.root`:
+    a key whose value is another key is left out), without Hydra's instantiation keys (the model's
+    `_target_` becomes `model.class`) and QUIET_KEYS; lists as short text (`2, 3`), not JSON."""
+    raw = flatten(OmegaConf.to_container(cfg, resolve=False))
+    resolved = flatten(OmegaConf.to_container(cfg, resolve=True))
+    copies = [key for key, value in raw.items() if isinstance(value, str) and re.fullmatch(r"\$\{[^:}]+\}", value)]
+    params = {}
+    for key, value in resolved.items():
+        if key.startswith(QUIET_KEYS) or key.rsplit(".", 1)[-1] in INSTANTIATION_KEYS:
+            continue
+        if any(key == copy or key.startswith(f"{copy}.") for copy in copies):
+            continue
+        params[key] = short_text(value)
+    params["model.class"] = str(cfg.model.get("_target_", "")).removeprefix("detection.models.")
+    return params
+
+
+def short_text(value: Any) -> str:
+    """A param value as a line of text: lists joined by commas, an instantiated node as `Name(key=value)`."""
+    if isinstance(value, list):
+        return ", ".join(short_text(item) if isinstance(item, dict) else str(item) for item in value)
+    if isinstance(value, dict) and "_target_" in value:
+        arguments = ", ".join(f"{key}=[{short_text(item)}]" if isinstance(item, list) else f"{key}={short_text(item)}"
+                              for key, item in value.items() if key not in INSTANTIATION_KEYS)
+        return f"{str(value['_target_']).rsplit('.', 1)[-1]}({arguments})"
+    return str(value)
+
+
 def start_tracking(cfg: DictConfig, *, is_main: bool, tags: dict[str, str], run_id: Optional[str]) -> Tracker:
     """This rank's tracker (rank 0's logs, the others' do nothing) with its run started: `run_id`'s when
     resuming, a child of the sweep's parent run in a multirun."""
@@ -294,9 +330,10 @@ def start_tracking(cfg: DictConfig, *, is_main: bool, tags: dict[str, str], run_
     overrides = [o for o in hydra_config.overrides.task if not o.startswith("ckpt_path=")]
     sweep = sweep_parent(Path(hydra_config.sweep.dir)) if hydra_config.mode == RunMode.MULTIRUN else None
     named = [o for o in overrides if o.split("=", 1)[0] in sweep["swept"]] if sweep else overrides
+    named = [o for o in named if not o.split("=", 1)[0].lstrip("+~").startswith(QUIET_KEYS)]
     tracker = build_tracker(cfg.tracking, experiment_name=sweep["experiment_name"] if sweep else label,
                             run_name=" ".join([label, *named]))
-    tracker.start(params=flatten(OmegaConf.to_container(cfg, resolve=True)),
+    tracker.start(params=run_params(cfg),
                   tags={"overrides": " ".join(overrides), "host": socket.gethostname(), **tags, **git_tags()},
                   run_id=run_id, parent_run_id=sweep["run_id"] if sweep else None)
     tracker.log_artifact(Path(hydra_config.runtime.output_dir) / ".hydra")

@@ -49,8 +49,13 @@ def test_a_run_logs_config_metrics_images_plots_checkpoint_and_model(tmp_path, s
     [run] = all_runs(client)
     assert run.info.status == "FINISHED" and run.info.run_name.startswith("ssd128_resnet18_shapes debug=smoke")
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-    assert params["optimizer.lr"] == "0.001" and params["model._target_"] == "detection.models.ssd.build_ssd"
+    assert params["optimizer.lr"] == "0.001" and params["model.class"] == "ssd.build_ssd"
     assert params["backbone.weights"] == "None" and params["anchors.image_size"] == "128"
+    # one key per value: no copies made by interpolation, no instantiation keys, no reporting settings
+    assert not any(key.startswith(("model.anchors.", "model.backbone.", "dataset.train.root", "tracking."))
+                   or key.endswith(("_target_", "_partial_")) for key in params)
+    assert params["anchors.aspect_ratios"] == "[2], [2, 3], [2, 3], [2], [2]"  # lists as text, not JSON blocks
+    assert "tracking.uri" not in run.info.run_name
     assert {"train/loss", "train/classification", "train/bbox_regression", "train/lr", "train/images_per_s",
             "val/map", "val/voc_map", "val/coco_map", "val/ap/ellipse"} <= set(metrics)
     assert "val/map_50" not in metrics  # val/map is VOC07 mAP@0.5: no second name for it
