@@ -89,11 +89,11 @@ def experiment_id(client, uri: str, name: str) -> str:
     return client.create_experiment(name, artifact_location=artifact_location(uri, name))
 
 
-def ui_hint(uri: str, experiment: str, run_id: str) -> str:
+def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
     """How to look at a run: the command serving a local store, or the server's page of the run."""
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
-    return f"mlflow ui --backend-store-uri {uri} (then http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id})"
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {uri} (then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id})"
 
 
 def experiment_label(model: str, backbone: str, dataset: str) -> str:
@@ -205,6 +205,7 @@ class MlflowTracker:
         self.log_checkpoint_enabled = log_checkpoint
         self.register_model = register_model
         self.run_id: Optional[str] = None
+        self._experiment_id: Optional[str] = None
         self._lost: Optional[str] = None  # why the store stopped answering, once it has
         self._unlogged = {"metric values": 0, "artifacts": 0}
 
@@ -229,9 +230,9 @@ class MlflowTracker:
         tags = {**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.run_name, tags=tags,
                                log_system_metrics=self.system_metrics)
-        self.run_id = run.info.run_id
+        self.run_id, self._experiment_id = run.info.run_id, run.info.experiment_id
         log.info("MLflow run %s in experiment %r; to see it: %s", self.run_id, self.experiment_name,
-                 ui_hint(self.uri, experiment, self.run_id))
+                 ui_hint(self.uri, self._experiment_id, self.run_id))
         if run_id is None:
             values = {key: _param_value(value) for key, value in params.items()}
             items = list(values.items())
@@ -314,7 +315,7 @@ class MlflowTracker:
             return
         self._send(lambda: mlflow.end_run(status=status), "run status", 0, f"the run's end ({status})")
         log.info("MLflow run %s ended %s; to see it: %s", self.run_id, status,
-                 ui_hint(self.uri, self.experiment_name, self.run_id))
+                 ui_hint(self.uri, self._experiment_id, self.run_id))
         if self._lost is not None:
             log.error("MLflow run %s at %s is incomplete: %s not logged after the store was lost (%s)",
                       self.run_id, self.uri,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
-BLOCK = 2 ** 22  # elements of the [images, detections, objects] IoU arrays worked on at once
+BLOCK = 2 ** 18  # elements of the [images, detections, objects] IoU arrays worked on at once
 RECALL_POINTS = np.arange(101) / 100  # as COCOeval and TIDE write them (linspace rounds 0.07 otherwise)
 
 
