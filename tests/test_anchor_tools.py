@@ -145,6 +145,12 @@ def test_the_commands_analyse_and_fit_bccd_and_the_fitted_yaml_builds_a_model(tm
     assert default["overall"]["boxes"] == 2805 and len(default["per_map"]) == 6
     assert {"best_iou.png", "box_sizes.png"} <= {p.name for p in (tmp_path / "run" / "plots" / "default").iterdir()}
 
+    # through the training augmentation instead (augment=ssd: its zoom-out shrinks boxes below the priors)
+    result = run_module("detection.anchors", "analyse", *common, "augmented_passes=1", run_dir=tmp_path / "aug")
+    assert result.returncode == 0, result.stdout + result.stderr
+    augmented = json.loads((tmp_path / "aug" / "anchors_report.json").read_text())["default"]["overall"]
+    assert 0 < augmented["boxes"] and augmented["best_possible_recall"] < default["overall"]["best_possible_recall"]
+
     fitted_yaml = tmp_path / "fitted.yaml"
     result = run_module("detection.anchors", "fit", *common, "fit.generations=3", "fit.population=5",
                         f"fit.output={fitted_yaml}", run_dir=tmp_path / "fit" / "run")
