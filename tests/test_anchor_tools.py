@@ -101,15 +101,17 @@ def test_inspect_finds_each_planted_problem_and_names_its_file(tmp_path):
         if name != "noimage":
             write_image(root / "JPEGImages" / f"{name}.jpg", 100 if name == "resized" else 80, 60)
     (root / "Annotations" / "broken.xml").write_text("<annotation><object>")
-    (root / "ImageSets/Main/train.txt").write_text("\n".join([*plants, "broken"]))
+    (root / "ImageSets/Main/train.txt").write_text("\n".join([*plants, "broken", "noxml"]))
     audit = audit_split(root, "train", ["cat", "dog"])
     expected = {"box outside the image": "outside.xml", "zero-area box": "zero.xml", "duplicate box": "twice.xml",
                 "unknown class": "unknown.xml", "image without objects": "empty.xml", "tiny box": "tiny.xml",
                 "size disagrees with the image": "resized.xml", "missing or unreadable image": "noimage.xml",
                 "unreadable annotation": "broken.xml"}
     for kind, file_name in expected.items():
-        assert len(audit.problems[kind]) == 1 and file_name in audit.problems[kind][0], kind
-    assert error_count([audit]) == 6  # the clipped box, the 1-pixel box and the empty image are warnings
+        assert file_name in audit.problems[kind][0], kind
+        assert len(audit.problems[kind]) == (2 if kind == "unreadable annotation" else 1), kind
+    assert "noxml.xml: annotation file not found" in audit.problems["unreadable annotation"][1]
+    assert error_count([audit]) == 7  # the clipped box, the 1-pixel box and the empty image are warnings
     (root / "ImageSets/Main/val.txt").write_text("good\n")
     result = run_module("detection.data.inspect", "dataset=voc_layout", f"dataset.root={root}",
                         "dataset.classes=[cat,dog]", run_dir=tmp_path / "run")

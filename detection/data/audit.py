@@ -36,9 +36,9 @@ class SplitAudit:
 def audit_image(root: Path, image_id: str, class_names: Sequence[str], audit: SplitAudit) -> None:
     """Reads one image's annotation and image header into `audit`."""
     xml_path = root / "Annotations" / f"{image_id}.xml"
-    try:
+    try:  # read once naming the first unknown class, once leaving unknown classes out
         parse_voc_xml(xml_path, class_names)
-    except ValueError as error:
+    except (OSError, ValueError) as error:  # a missing or malformed file is reported just below
         if "unknown class" in str(error):
             audit.problems["unknown class"].append(str(error))
     try:
