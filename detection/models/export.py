@@ -151,11 +151,12 @@ class ContractModel:
     def __init__(self, model: nn.Module):
         self.module = exportable(model.cpu())
 
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        if self.module.batch == "1" and len(images) != 1:
-            raise ValueError(f"this model takes one image a call ({self.module.contract}); got {len(images)}")
+    def __call__(self, model_input: np.ndarray) -> dict[str, np.ndarray]:
+        """model_input: uint8 [N, 3, H, W] images (the name is the one MLflow's pyfunc passes them by)."""
+        if self.module.batch == "1" and len(model_input) != 1:
+            raise ValueError(f"this model takes one image a call ({self.module.contract}); got {len(model_input)}")
         with torch.no_grad():
-            outputs = self.module(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)))
+            outputs = self.module(torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.uint8)))
         return {name: output.numpy() for name, output in zip(self.module.outputs, outputs)}
 
 
