@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from detection.tracking import (end_parent_run, experiment_label, start_parent_run, summarise_sweep, sweep_parent,
@@ -61,19 +62,24 @@ class MlflowSweepCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         """After each job (in whichever process ran it): the parent's summary of the best child so far."""
-        parent = sweep_parent(Path(config.hydra.sweep.dir))
-        if parent is None or config.tracking.get("_target_") != "detection.tracking.MlflowTracker":
+        if config.hydra.mode != RunMode.MULTIRUN or config.tracking.get("_target_") != "detection.tracking.MlflowTracker":
             return
-        try:
-            summarise_sweep(config.tracking.get("uri"), parent["run_id"])
-        except Exception as error:  # the sweep goes on; the summary is made again at its end
-            log.warning("could not update the sweep's parent run %s: %s", parent["run_id"], error)
+        parent = sweep_parent(Path(config.hydra.sweep.dir))
+        if parent is not None:
+            self._summarise(config.tracking.get("uri"), parent["run_id"])
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"
         if self._parent is not None:
-            summarise_sweep(self._uri, self._parent)
+            self._summarise(self._uri, self._parent)
         self._end("FINISHED", results if results.is_file() else None)
+
+    @staticmethod
+    def _summarise(uri: Optional[str], parent: str) -> None:
+        try:
+            summarise_sweep(uri, parent)
+        except Exception as error:  # the sweep and its end go on without the summary
+            log.warning("could not update the sweep's parent run %s: %s", parent, error)
 
     def _end(self, status: str, artifact: Optional[Path] = None) -> None:
         if self._parent is not None:
