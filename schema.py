@@ -168,7 +168,6 @@ def check_export(cfg: DictConfig) -> None:
     check_at_least("check_images", cfg.check_images, 0)
 
 
-
 def check_anchor_tools(cfg: DictConfig) -> None:
     """Refuses a model without priors, an unknown command or split, and out-of-range numbers."""
     if "anchors" not in cfg.model:

@@ -111,6 +111,7 @@ def test_inspect_finds_each_planted_problem_and_names_its_file(tmp_path):
         assert file_name in audit.problems[kind][0], kind
         assert len(audit.problems[kind]) == (2 if kind == "unreadable annotation" else 1), kind
     assert "noxml.xml: annotation file not found" in audit.problems["unreadable annotation"][1]
+    assert "unknown class 'horse'" in audit.problems["unknown class"][0]
     assert error_count([audit]) == 7  # the clipped box, the 1-pixel box and the empty image are warnings
     (root / "ImageSets/Main/val.txt").write_text("good\n")
     result = run_module("detection.data.inspect", "dataset=voc_layout", f"dataset.root={root}",

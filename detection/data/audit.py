@@ -36,16 +36,14 @@ class SplitAudit:
 def audit_image(root: Path, image_id: str, class_names: Sequence[str], audit: SplitAudit) -> None:
     """Reads one image's annotation and image header into `audit`."""
     xml_path = root / "Annotations" / f"{image_id}.xml"
-    try:  # read once naming the first unknown class, once leaving unknown classes out
-        parse_voc_xml(xml_path, class_names)
-    except (OSError, ValueError) as error:  # a missing or malformed file is reported just below
-        if "unknown class" in str(error):
-            audit.problems["unknown class"].append(str(error))
     try:
-        objects, filename, _ = parse_voc_xml(xml_path, class_names, ignore_unknown=True)
+        objects, filename, unknown = parse_voc_xml(xml_path, class_names, ignore_unknown=True)
     except (OSError, ValueError) as error:
         audit.problems["unreadable annotation"].append(str(error))
         return
+    if unknown:
+        audit.problems["unknown class"].append(f"{xml_path}: unknown class {', '.join(map(repr, unknown))} "
+                                               f"(expected one of {list(class_names)})")
     try:
         image_path = find_image(root, image_id, filename, xml_path)
         size, _ = image_header(image_path)

@@ -23,12 +23,12 @@ DIFFICULT = {"0": False, "1": True, "false": False, "true": True}
 
 
 class VOCFile(NamedTuple):
-    """One annotation file read: its objects (`image_path` not yet known), its <filename> and the number of
-    objects of classes not in the list, left out."""
+    """One annotation file read: its objects (`image_path` not yet known), its <filename> and the class
+    names of the objects left out because they are not in the list (with `ignore_unknown`)."""
 
     objects: Annotation
     filename: Optional[str]
-    unknown: int
+    unknown: tuple[str, ...]
 
 
 def parse_voc_xml(xml_path: Path, class_names: Sequence[str], *, ignore_unknown: bool = False) -> VOCFile:
@@ -41,7 +41,7 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str], *, ignore_unknown:
     their size the file's <size> when it gives one.
 
     Args:
-        ignore_unknown: leave out (and count) objects whose class is not in `class_names` instead of
+        ignore_unknown: leave out (and name) objects whose class is not in `class_names` instead of
             raising an error that names the file and the class.
     """
     if not xml_path.is_file():
@@ -50,12 +50,12 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str], *, ignore_unknown:
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as error:
         raise ValueError(f"{xml_path}: malformed XML ({error})") from error
-    boxes, labels, difficult, positions, unknown = [], [], [], [], 0
+    boxes, labels, difficult, positions, unknown = [], [], [], [], []
     for position, obj in enumerate(root.iter("object"), start=1):
         name = obj.findtext("name", "").strip()
         if name not in class_names:
             if ignore_unknown:
-                unknown += 1
+                unknown.append(name)
                 continue
             raise ValueError(f"{xml_path}: unknown class {name!r} (expected one of {list(class_names)})")
         box = obj.find("bndbox")
@@ -75,7 +75,7 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str], *, ignore_unknown:
     objects = Annotation(xml_path, None, np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                          np.asarray(labels, dtype=np.int64), np.asarray(difficult, dtype=bool),
                          np.asarray(positions, dtype=np.int64), (width, height) if width > 0 and height > 0 else None)
-    return VOCFile(objects, (root.findtext("filename") or "").strip() or None, unknown)
+    return VOCFile(objects, (root.findtext("filename") or "").strip() or None, tuple(unknown))
 
 
 def split_ids(split_file: Path) -> list[str]:
@@ -151,7 +151,7 @@ class VOCDetection(AnnotatedImages):
         """One sample's annotation, boxes clipped to the image and emptied ones dropped (both counted)."""
         xml_path = self.root / "Annotations" / f"{image_id}.xml"
         objects, filename, unknown = parse_voc_xml(xml_path, self.class_names, ignore_unknown=ignore_unknown)
-        self.fixes["ignored unknown-class objects"] += unknown
+        self.fixes["ignored unknown-class objects"] += len(unknown)
         image_path = find_image(self.root, image_id, filename, xml_path)
         try:
             size, orientation = image_header(image_path, self.max_image_pixels)

@@ -9,6 +9,7 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
+from torchvision.ops import box_convert
 from tqdm import tqdm
 
 from detection.data.sources import VideoWriter
@@ -41,8 +42,7 @@ def coco_records(prediction: dict[str, torch.Tensor], *, file_name: str, image_i
     (1..K) and category_name, bbox [x, y, width, height] in pixels, score, and an RLE 'segmentation' where
     the model predicts masks."""
     keep = prediction["scores"] >= score_threshold
-    boxes = prediction["boxes"][keep].double()
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+    xywh = box_convert(prediction["boxes"][keep].double(), "xyxy", "xywh")
     records = [{"image_id": image_id, "file_name": file_name, "category_id": label,
                 "category_name": class_names[label - 1], "bbox": [round(v, 2) for v in box], "score": round(score, 5)}
                for label, box, score in zip(prediction["labels"][keep].tolist(), xywh.tolist(),
