@@ -1,6 +1,6 @@
 """Evaluator speed on a VOC-sized split: 5,000 images x 20 classes x 100 detections per image.
 
-Prints the time of VOC07 + VOC-area AP together, of the TIDE error breakdown with the confusion matrix
+Prints the time (the fastest of 5) of VOC07 + VOC-area AP together, of the TIDE error breakdown with the confusion matrix
 against them (target: at most 2x), and of the COCO metrics with our backend (faster-coco-eval) against
 plain pycocotools on the same data, with the numbers of both.
 
@@ -8,6 +8,7 @@ plain pycocotools on the same data, with the numbers of both.
 """
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -48,12 +49,17 @@ def synthetic_split(num_images: int, *, detections_per_image: int = 100, seed: i
     return predictions, targets
 
 
-def timed(metrics, predictions, targets, **options):
+def timed(metrics, predictions, targets, repeat: int = 1, **options):
+    """The fastest of `repeat` computations of `metrics` (seconds) and its results."""
     evaluator = DetectionEvaluator(class_names=VOC_CLASSES, metrics=metrics, **options)
     evaluator.update(predictions, targets)
-    start = time.perf_counter()
-    results = evaluator.compute()
-    return time.perf_counter() - start, results
+    fastest = float("inf")
+    for _ in range(repeat):
+        evaluator.update([], [])  # forgets the cached breakdown, keeps the records
+        start = time.perf_counter()
+        results = evaluator.compute()
+        fastest = min(fastest, time.perf_counter() - start)
+    return fastest, results
 
 
 def main() -> None:
@@ -63,10 +69,10 @@ def main() -> None:
     predictions, targets = synthetic_split(args.images)
     print(f"{args.images} images x {len(VOC_CLASSES)} classes x 100 detections per image")
 
-    seconds, voc = timed(("voc07", "voc"), predictions, targets)
+    seconds, voc = timed(("voc07", "voc"), predictions, targets, repeat=5)
     print(f"VOC07 + VOC area:            {seconds:6.2f} s   (target <= 2 s)  voc07_map {voc['voc07_map']:.4f} "
           f"voc_map {voc['voc_map']:.4f}")
-    errors_seconds, errors = timed(("errors",), predictions, targets)
+    errors_seconds, errors = timed(("errors",), predictions, targets, repeat=5)
     print(f"TIDE errors + confusion:     {errors_seconds:6.2f} s   {errors_seconds / seconds:.2f}x the VOC metrics "
           f"(target <= 2x)  dAP: " + " ".join(f"{name} {value:.4f}" for name, value in errors.items()
                                                if not name.endswith("_count")))
@@ -76,7 +82,8 @@ def main() -> None:
           f"map_50 {plain['coco_map_50']:.6f} map_75 {plain['coco_map_75']:.6f}")
     print(f"COCO, faster-coco-eval:      {ours:6.2f} s   coco_map {faster['coco_map']:.6f} "
           f"map_50 {faster['coco_map_50']:.6f} map_75 {faster['coco_map_75']:.6f}")
-    same = all(abs(faster[key] - plain[key]) < 1e-12 for key in plain)
+    same = all(abs(faster[key] - plain[key]) < 1e-12 or (math.isnan(faster[key]) and math.isnan(plain[key]))
+               for key in plain)
     print(f"speed-up {reference / ours:.1f}x (target >= 5x); identical numbers: {same}")
 
 

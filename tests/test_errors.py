@@ -12,7 +12,7 @@ import torch
 from conftest import SHARED_DATA
 from detection.data.voc import VOCDetection
 from detection.evaluation import DetectionEvaluator
-from detection.evaluation.errors import ERROR_TYPES, breakdown, outcomes
+from detection.evaluation.errors import ERROR_TYPES, breakdown, descending, outcomes
 
 CLASSES = ["cat", "dog"]
 OBJECTS = [[10.0, 10, 60, 60], [100, 100, 150, 160]]  # a cat and a dog
@@ -92,6 +92,16 @@ def test_compute_logs_each_types_dap_and_count():
     results = evaluator.compute()
     assert results["errors/classification_count"] == 1 and results["errors/missed_count"] == 1
     assert {f"errors/{name}" for name in (*ERROR_TYPES, "false_positives", "false_negatives")} <= set(results)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_radix_order_is_numpys_stable_descending_sort(dtype):
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.random(5000), rng.normal(0, 1e6, 500), [0.0, -0.0, 0.5, 0.5, -np.inf, np.inf, 1e-320],
+                             rng.choice([0.25, 0.75, 1.0], 500)]).astype(dtype)
+    rng.shuffle(scores)
+    assert np.array_equal(descending(scores), np.argsort(-scores, kind="stable"))
+    assert descending(np.zeros(0, dtype)).shape == (0,)
 
 
 def random_split(seed: int, images: int = 40, classes: int = 4):
