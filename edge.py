@@ -34,7 +34,7 @@ from detection.engine.distributed import DistributedContext, init_distributed, s
 from detection.engine.loop import TrainingInterrupted
 from detection.engine.precision import Precision, choose_precision
 from detection.engine.settings import SettingsError, TrainerSettings
-from detection.evaluation import DetectionEvaluator
+from detection.evaluation import METRIC_GUIDE, DetectionEvaluator
 from detection.models.export import ContractModel
 from detection.models.images import as_float_image
 from detection.tracking import NullTracker, Tracker, flatten, sweep_parent
@@ -334,7 +334,8 @@ def start_tracking(cfg: DictConfig, *, is_main: bool, tags: dict[str, str], run_
     tracker = build_tracker(cfg.tracking, experiment_name=sweep["experiment_name"] if sweep else label,
                             run_name=" ".join([label, *named]))
     tracker.start(params=run_params(cfg),
-                  tags={"overrides": " ".join(overrides), "host": socket.gethostname(), **tags, **git_tags()},
+                  tags={"overrides": " ".join(overrides), "host": socket.gethostname(), **tags, **git_tags(),
+                        "mlflow.note.content": METRIC_GUIDE},  # the run's description in the UI
                   run_id=run_id, parent_run_id=sweep["run_id"] if sweep else None)
     tracker.log_artifact(Path(hydra_config.runtime.output_dir) / ".hydra")
     return tracker

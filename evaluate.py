@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 
 def per_class_table(metrics: dict[str, float], classes: list[str]) -> str:
     """AP per class and their means: VOC07 11-point and VOC area at IoU 0.5, COCO at IoU 0.5:0.95."""
-    columns = (("VOC07 AP50", ""), ("VOC AP50", "voc_"), ("COCO AP", "coco_"))
-    aps = [class_aps(metrics, classes, measure) for _, measure in columns]
-    lines = [f"{'class':<20}" + "".join(f"{title:>12}" for title, _ in columns)]
+    columns = (("VOC07 AP50", "ap50_voc07", "val/map"), ("VOC AP50", "ap50_voc", "val/map50_voc"),
+               ("COCO AP", "ap50_95", "val/map50_95"))
+    aps = [class_aps(metrics, classes, measure) for _, measure, _ in columns]
+    lines = [f"{'class':<20}" + "".join(f"{title:>12}" for title, _, _ in columns)]
     lines += [f"{name:<20}" + "".join(f"{column[name]:>12.4f}" for column in aps) for name in classes]
-    lines.append(f"{'mean':<20}" + "".join(f"{metrics.get(f'val/{measure}map', float('nan')):>12.4f}"
-                                          for _, measure in columns))
+    lines.append(f"{'mean':<20}" + "".join(f"{metrics.get(mean, float('nan')):>12.4f}" for _, _, mean in columns))
     return "\n".join(lines)
 
 

@@ -222,8 +222,8 @@ def test_train_and_evaluate_on_coco_json_data(tmp_path, coco_folder):
                         env=tracking)
     assert result.returncode == 0, result.stdout + result.stderr
     metrics = json.loads((evaluation / "run" / "metrics.json").read_text())
-    assert {"val/map", "val/voc_map", "val/coco_map", "val/coco_map_50", "val/coco_map_75", "val/coco_map_small",
-            "val/coco_ap/dog"} <= set(metrics)
+    assert {"val/map", "val/map50_voc", "val/map50_95", "val/map50_coco", "val/map75", "val/map50_95_small",
+            "val_class/ap50_95/dog", "val_class/ap50_voc07/dog"} <= set(metrics)
     assert "COCO AP" in result.stdout and "person" in result.stdout
 
 

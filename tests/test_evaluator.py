@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from detection.evaluation import DetectionEvaluator
+from detection.evaluation import DetectionEvaluator, validation_metrics
 from detection.evaluation.voc import average_precision, voc_iou
 import numpy as np
 
@@ -172,6 +172,23 @@ def test_mask_metrics_come_with_masks():
     result = evaluator.compute()
     assert result["coco_map"] == pytest.approx(1.0)
     assert result["coco_mask_map_50"] == pytest.approx(1.0) and result["coco_mask_map_75"] == 0.0
+
+
+def test_every_result_gets_one_name_of_the_logged_scheme():
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[0, 10:40, 10:40] = 1
+    evaluator = DetectionEvaluator(class_names=("a", "b"))
+    evaluator.update([{**prediction([[10, 10, 40, 40]], [1], [0.9]), "masks": masks[:, None].float()}],
+                     [{**target([[10, 10, 40, 40]], [1]), "masks": masks}])
+    results = evaluator.compute()
+    named = validation_metrics(results)
+    assert len(named) == len(results)  # one key per number
+    assert named["val/map"] == results["voc07_map"] and named["val/map50_95"] == results["coco_map"]
+    assert named["val/map50_coco"] == results["coco_map_50"] and named["val/mask_map50_95"] == results["coco_mask_map"]
+    assert named["val_class/ap50_voc07/a"] == results["voc07_ap/a"]
+    assert named["val_class/mask_ap50_95/a"] == results["coco_mask_ap/a"]
+    assert named["val/errors/background_count"] == results["errors/background_count"]
+    assert all(key.startswith(("val/map", "val/mask_map", "val/errors/", "val_class/")) for key in named)
 
 
 def test_no_ground_truth_anywhere_gives_nan_maps_not_zero():

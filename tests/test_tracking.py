@@ -57,8 +57,12 @@ def test_a_run_logs_config_metrics_images_plots_checkpoint_and_model(tmp_path, s
     assert params["anchors.aspect_ratios"] == "[2], [2, 3], [2, 3], [2], [2]"  # lists as text, not JSON blocks
     assert "tracking.uri" not in run.info.run_name
     assert {"train/loss", "train/classification", "train/bbox_regression", "train/lr", "train/images_per_s",
-            "val/map", "val/voc_map", "val/coco_map", "val/ap/ellipse"} <= set(metrics)
-    assert "val/map_50" not in metrics  # val/map is VOC07 mAP@0.5: no second name for it
+            "val/map", "val/map50_voc", "val/map50_95", "val/map50_coco", "val_class/ap50_voc07/ellipse",
+            "val_class/ap50_95/ellipse", "val/errors/background"} <= set(metrics)
+    val_metrics = [name for name in metrics if name.startswith("val/")]
+    assert not any("ap/" in name for name in val_metrics)  # per-class APs only under val_class/
+    assert not {"val/map_50", "val/voc07_map", "val/coco_map"} & set(metrics)  # one key per number
+    assert "val/map50_95" in tags["mlflow.note.content"]  # the run's description says what each one is
     assert any(name.startswith("system/cpu_utilization") for name in metrics)
     assert any(name.startswith("system/system_memory_usage") for name in metrics)
     assert {"git_commit", "git_dirty", "host", "device", "overrides"} <= set(tags) and tags["device"] == "cpu"

@@ -142,22 +142,41 @@ class DetectionEvaluator:
         return flat[0], flat[1]
 
 
+# compute()'s summary keys -> the names a run logs under val/ (one key per number; COCO's with mask_ too)
+SUMMARY_NAMES = {"voc07_map": "map", "voc_map": "map50_voc", "coco_map": "map50_95", "coco_map_50": "map50_coco",
+                 "coco_map_75": "map75", "coco_map_small": "map50_95_small", "coco_map_medium": "map50_95_medium",
+                 "coco_map_large": "map50_95_large"}
+CLASS_MEASURES = {"voc07": "ap50_voc07", "voc": "ap50_voc", "coco": "ap50_95"}  # per-class AP, under val_class/
+METRIC_GUIDE = """\
+What this run's metrics mean (markdown: MLflow shows it as the run's description):
+- `val/map`: the headline, VOC2007's mAP at IoU 0.5 (11-point AP, as the SSD paper reports it).
+- `val/map50_voc`: the same IoU, VOC2010+'s area under the precision envelope.
+- `val/map50_95`, `val/map50_coco`, `val/map75`, `val/map50_95_small|medium|large`: COCO's AP (101 points)
+  over IoU 0.5:0.95 (what ultralytics calls mAP50-95), at 0.5, at 0.75, and by object size; `val/mask_...`
+  the same for masks.
+- `val_class/<measure>/<class>`: the per-class APs of those measures (`ap50_voc07` is `val/map`'s).
+- `val/errors/<type>`: TIDE's dAP at IoU 0.5 (the AP50 that fixing that error type gains); `<type>_count`.
+- `train/...`: losses and learning rate; `system/...`: MLflow's CPU, memory and GPU readings."""
+
+
+def validation_name(key: str) -> str:
+    """The logged name of one of compute()'s keys (see METRIC_GUIDE); any other key keeps its name under
+    val/ (`errors/<type>`, `skipped_samples`)."""
+    mask = "mask_" if key.startswith("coco_mask_") else ""
+    key = key.replace("coco_mask_", "coco_", 1)
+    measure, per_class, class_name = key.partition("_ap/")
+    if per_class:
+        return f"val_class/{mask}{CLASS_MEASURES[measure]}/{class_name}"
+    return f"val/{mask}{SUMMARY_NAMES.get(key, key)}"
+
+
 def validation_metrics(results: dict[str, float]) -> dict[str, float]:
-    """The one place metric names are made: `compute()`'s results as the `val/...` metrics a run logs.
-    `val/map` is VOC07 mAP@0.5 (11-point AP at IoU 0.5, the SSD paper's measure) and `val/ap/<class>` its
-    per-class AP; every other result keeps its name under `val/` (`val/voc_map`, `val/coco_map_50`, ...)."""
-    metrics = {}
-    for key, value in results.items():
-        if key == "voc07_map":
-            metrics["val/map"] = value
-        elif key.startswith("voc07_ap/"):
-            metrics[f"val/ap/{key.removeprefix('voc07_ap/')}"] = value
-        else:
-            metrics[f"val/{key}"] = value
-    return metrics
+    """The one place metric names are made: `compute()`'s results as the metrics a run logs, named as
+    METRIC_GUIDE says (`val/map`, `val/map50_95`, `val_class/ap50_voc07/<class>`, `val/errors/<type>`, ...)."""
+    return {validation_name(key): value for key, value in results.items()}
 
 
-def class_aps(metrics: dict[str, float], class_names: Sequence[str], measure: str = "") -> dict[str, float]:
-    """Per-class AP of `validation_metrics`' output: measure '' (VOC07, `val/ap/<class>`), 'voc_' or 'coco_';
-    nan for a class without ground truth."""
-    return {name: metrics.get(f"val/{measure}ap/{name}", float("nan")) for name in class_names}
+def class_aps(metrics: dict[str, float], class_names: Sequence[str], measure: str = "ap50_voc07") -> dict[str, float]:
+    """Per-class AP of `validation_metrics`' output: measure 'ap50_voc07' (val/map's), 'ap50_voc' or
+    'ap50_95'; nan for a class without ground truth."""
+    return {name: metrics.get(f"val_class/{measure}/{name}", float("nan")) for name in class_names}
