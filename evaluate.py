@@ -71,6 +71,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     log.info("%s on %s's validation split:\n%s\n%s", cfg.ckpt_path, dataset.name,
              per_class_table(metrics, list(dataset.classes)), error_table(errors, list(dataset.classes)))
     (edge.run_dir() / "metrics.json").write_text(json.dumps({**metrics, "error_breakdown": errors}, indent=2))
+    (edge.run_dir() / "detections.json").write_text(json.dumps(evaluator.detection_records()))
     save_error_plots(errors, edge.run_dir() / "errors", title=Path(cfg.ckpt_path).name)
     record_evaluation(cfg, trained, checkpoint, dataset.name, metrics)
     return metrics
@@ -79,7 +80,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
 def record_evaluation(cfg: DictConfig, trained: DictConfig, checkpoint: dict, dataset_name: str,
                       metrics: dict[str, float]) -> None:
     """The results as `eval/<name>` metrics (at the checkpoint's step) and `evaluation/<checkpoint>/`
-    artifacts (metrics.json, errors/) in the training run that wrote the checkpoint, when the store holds
+    artifacts (metrics.json, detections.json, errors/) in the training run that wrote the checkpoint, when the store holds
     it and it has ended (it keeps the status it ended with); else in a run of their own named after the
     checkpoint."""
     name = Path(cfg.ckpt_path).name
@@ -96,7 +97,7 @@ def record_evaluation(cfg: DictConfig, trained: DictConfig, checkpoint: dict, da
     with edge.ended_with_status(tracker):
         tracker.log_metrics({f"eval/{key.removeprefix('val/')}": value for key, value in metrics.items()},
                             step=int(checkpoint["step"]))
-        for path in (edge.run_dir() / "metrics.json", edge.run_dir() / "errors"):
+        for path in (edge.run_dir() / "metrics.json", edge.run_dir() / "detections.json", edge.run_dir() / "errors"):
             tracker.log_artifact(path, artifact_path=f"evaluation/{name}")
         if status is not None:  # the training run ends as it had ended
             tracker.end(status)

@@ -65,7 +65,10 @@ def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):
                                          weights_only=False)["tracking_run_id"]
     assert run.data.metrics["eval/map"] == metrics["val/map"] and "eval/errors/missed_count" in run.data.metrics
     assert {item.path for item in client.list_artifacts(run.info.run_id, "evaluation/last.pt")} == \
-        {"evaluation/last.pt/metrics.json", "evaluation/last.pt/errors"}
+        {"evaluation/last.pt/metrics.json", "evaluation/last.pt/detections.json", "evaluation/last.pt/errors"}
+    detections = json.loads((eval_dir / "run" / "detections.json").read_text())
+    assert detections and {"image_id", "category_id", "category_name", "bbox", "score"} <= set(detections[0])
+    assert {record["category_name"] for record in detections} <= {"ellipse", "rectangle", "triangle", "star"}
 
 
 def test_same_seed_repeats_the_run_exactly_on_the_cpu(tmp_path, shapes_root):

@@ -48,7 +48,7 @@ def coco_metrics(detections: dict[str, np.ndarray], objects: dict[str, np.ndarra
         raise ValueError(f"unknown COCO backend {backend!r}; choose from {list(BACKENDS)}")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         ground_truth = _indexed(COCO(), _ground_truth(objects, images, class_names, with_masks=iou_type == "segm"))
-        results = _indexed(COCO(), {**ground_truth.dataset, "annotations": _results(detections, iou_type)})
+        results = _indexed(COCO(), {**ground_truth.dataset, "annotations": coco_results(detections, iou_type)})
         evaluation = COCOeval(ground_truth, results, iou_type)
         evaluation.evaluate()
         evaluation.accumulate()
@@ -82,9 +82,10 @@ def _ground_truth(objects, images, class_names, *, with_masks: bool) -> dict:
             "categories": [{"id": label, "name": name} for label, name in enumerate(class_names, start=1)]}
 
 
-def _results(detections, iou_type: str) -> list[dict]:
-    """Detections as COCO result annotations, built directly rather than through loadRes (which takes
-    longer over them than the evaluation itself)."""
+def coco_results(detections, iou_type: str) -> list[dict]:
+    """Detections (flat: 'image', 'labels', 'scores', 'boxes' xyxy pixels, 'masks' RLEs for 'segm') as COCO
+    result annotations (bbox xywh), built directly rather than through loadRes (which takes longer over
+    them than the evaluation itself)."""
     boxes = detections["boxes"].astype(np.float64)
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
     areas = xywh[:, 2] * xywh[:, 3]

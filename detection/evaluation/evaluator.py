@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from detection.evaluation.coco import BACKENDS, coco_metrics, encode_masks
+from detection.evaluation.coco import BACKENDS, coco_metrics, coco_results, encode_masks
 from detection.evaluation.errors import breakdown, outcomes
 from detection.evaluation.voc import average_precision, precision_recall_curves
 
@@ -90,6 +90,15 @@ class DetectionEvaluator:
                               score_threshold=self.confusion_score_threshold)
             self._breakdown = breakdown(result, detections, objects, list(self.class_names))
         return self._breakdown
+
+    def detection_records(self) -> list[dict[str, Any]]:
+        """Every detection evaluated as a COCO result (image_id, category_id and category_name, bbox
+        [x, y, width, height] pixels, score; 'segmentation' RLE where masks were kept), loadRes-ready."""
+        detections, _ = self._concatenated()
+        records = coco_results(detections, "segm" if "masks" in detections else "bbox")
+        for record in records:
+            record["category_name"] = self.class_names[record["category_id"] - 1]
+        return records
 
     def precision_recall(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """class name -> (recall, precision) at IoU 0.5 as VOC ranks detections, for classes with objects."""
