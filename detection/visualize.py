@@ -43,11 +43,13 @@ def draw_detections(image: torch.Tensor, target: dict[str, torch.Tensor], predic
                     class_names: Sequence[str], *, score_threshold: float = 0.3, max_predictions: int = 30,
                     min_side: int = 320) -> torch.Tensor:
     """The image with ground truth (green, class name) and the `max_predictions` best predictions scoring
-    at least `score_threshold` (red, class name and score) drawn; predicted masks (Mask R-CNN) overlaid.
+    at least `score_threshold` (red, class name and score) drawn, masks of either overlaid (Mask R-CNN).
+    Labels sit on filled tags, each at the first place beside its box where it covers no earlier tag.
     Images with a side under `min_side` are enlarged by a whole factor, so that the labels stay legible.
 
     Args:
-        image: uint8 [3, H, W], or float in [0, 1]; target 'boxes' [N, 4] xyxy pixels and 'labels' [N];
+        image: uint8 [3, H, W], or float in [0, 1]; target 'boxes' [N, 4] xyxy pixels, 'labels' [N] and
+            optionally 'masks' uint8 [N, H, W];
         prediction: 'boxes', 'labels', 'scores' (descending) and optionally 'masks' float [K, 1, H, W].
     Returns:
         uint8 [3, H * f, W * f], f = max(1, min_side // min(H, W)).
@@ -56,25 +58,51 @@ def draw_detections(image: torch.Tensor, target: dict[str, torch.Tensor], predic
     image = image.detach().cpu()
     canvas = image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).to(torch.uint8)
     canvas = canvas.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
-    keep = (prediction["scores"].detach().cpu() >= score_threshold).nonzero().flatten()[:max_predictions]
-    boxes = prediction["boxes"].detach().cpu().float()[keep] * factor
-    labels = prediction["labels"].detach().cpu()[keep]
-    scores = prediction["scores"].detach().cpu()[keep]
-    if "masks" in prediction and len(keep):
-        masks = prediction["masks"].detach().cpu()[keep][:, 0] > MASK_THRESHOLD
-        masks = masks.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
-        canvas = draw_segmentation_masks(canvas, masks, alpha=0.4, colors=PREDICTION_COLOUR)
+    prediction = {key: value.detach().cpu() for key, value in prediction.items()}
+    keep = (prediction["scores"] >= score_threshold).nonzero().flatten()[:max_predictions]
     names, _ = drawable_names(class_names)
-    font = {"font": _font()[0], "font_size": LABEL_FONT_SIZE}
-    if len(target["boxes"]):
-        canvas = draw_bounding_boxes(canvas, target["boxes"].detach().cpu().float() * factor,
-                                     colors=GROUND_TRUTH_COLOUR,
-                                     labels=[names[int(label) - 1] for label in target["labels"]], **font)
-    if len(boxes):
-        canvas = draw_bounding_boxes(canvas, boxes, colors=PREDICTION_COLOUR,
-                                     labels=[f"{names[int(label) - 1]} {score:.2f}"
-                                             for label, score in zip(labels, scores)], **font)
-    return canvas
+    layers = [(target["boxes"], target["labels"], target.get("masks"), None, GROUND_TRUTH_COLOUR),
+              (prediction["boxes"][keep], prediction["labels"][keep],
+               prediction["masks"][keep][:, 0] > MASK_THRESHOLD if "masks" in prediction else None,
+               prediction["scores"][keep], PREDICTION_COLOUR)]
+    tags = []
+    for boxes, labels, masks, scores, colour in layers:
+        if masks is not None and len(masks):
+            masks = masks.detach().cpu().bool().repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+            canvas = draw_segmentation_masks(canvas, masks, alpha=0.4, colors=colour)
+        if len(boxes):
+            boxes = boxes.detach().cpu().float() * factor
+            canvas = draw_bounding_boxes(canvas, boxes, colors=colour, width=2)
+            texts = [names[int(label) - 1] + ("" if scores is None else f" {float(score):.2f}")
+                     for label, score in zip(labels.tolist(), scores if scores is not None else labels)]
+            tags += [(box, text, colour) for box, text in zip(boxes.tolist(), texts)]
+    return draw_tags(canvas, tags)
+
+
+def draw_tags(canvas: torch.Tensor, tags: list[tuple[list[float], str, str]]) -> torch.Tensor:
+    """Writes each (box xyxy, text, colour) as a filled tag at the first of: above the box's top-left
+    corner, inside it, below its bottom-left corner, that covers no tag already placed (the last one
+    when all do), clipped into the picture. uint8 [3, H, W] in and out."""
+    from PIL import ImageDraw, ImageFont
+
+    picture = Image.fromarray(canvas.permute(1, 2, 0).numpy())
+    pen = ImageDraw.Draw(picture)
+    font = ImageFont.truetype(_font()[0], LABEL_FONT_SIZE)
+    placed: list[tuple[float, float, float, float]] = []
+    for (left, top, _, bottom), text, colour in tags:
+        x0, y0, x1, y1 = pen.textbbox((0, 0), text, font=font)
+        width, height = x1 - x0 + 4, y1 - y0 + 4
+        for y in (top - height, top, bottom):
+            x = min(max(left, 0), max(picture.width - width, 0))
+            y = min(max(y, 0), max(picture.height - height, 0))
+            tag = (x, y, x + width, y + height)
+            if not any(tag[0] < p[2] and p[0] < tag[2] and tag[1] < p[3] and p[1] < tag[3] for p in placed):
+                break
+        placed.append(tag)
+        pen.rectangle(tag, fill=colour)
+        pen.text((tag[0] + 2 - x0, tag[1] + 2 - y0), text, fill="black" if colour == GROUND_TRUTH_COLOUR else "white",
+                 font=font)
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
 
 
 def save_image(image: torch.Tensor, path: Path) -> Path:
@@ -102,10 +130,10 @@ def save_precision_recall_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]],
         axes.plot(recall, precision, label=f"{drawn.get(name, name)} (AP {aps.get(name, float('nan')):.3f})")
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     axes.grid(alpha=0.3)
-    if curves:
-        axes.legend(loc="lower left", fontsize="small")
+    if curves:  # beside the axes: a weak model's curves lie where a legend inside would go
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", borderaxespad=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
     return path
 

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from detection.engine.artifacts import VALIDATION_IMAGES, DebugArtifacts
 from detection.visualize import draw_detections, save_image, save_precision_recall_plot
 
 
@@ -25,8 +26,32 @@ def test_ground_truth_is_green_predictions_red_and_small_images_enlarged(tmp_pat
     assert np.array_equal(np.asarray(Image.open(path)), pixels)
 
 
-def test_precision_recall_plot_is_a_png(tmp_path):
+def test_labels_of_one_box_take_different_places_and_ground_truth_masks_show(tmp_path):
+    image = torch.full((3, 120, 160), 0.5)
+    masks = torch.zeros(1, 120, 160, dtype=torch.uint8)
+    masks[0, 40:80, 40:100] = 1
+    target = {"boxes": torch.tensor([[40.0, 40, 100, 80]]), "labels": torch.tensor([1]), "masks": masks}
+    prediction = {"boxes": torch.tensor([[40.0, 40, 100, 80]]), "labels": torch.tensor([1]),
+                  "scores": torch.tensor([0.9])}
+    pixels = draw_detections(image, target, prediction, ["cat"], min_side=120).permute(1, 2, 0).numpy()
+    green, red = (pixels == [0, 255, 0]).all(axis=2), (pixels == [255, 0, 0]).all(axis=2)
+    assert green[25:39, 42:60].mean() > 0.5  # the ground truth's tag above the box
+    assert red[43:55, 43:60].mean() > 0.5  # the prediction's tag inside it, not on top of the first
+    assert pixels[70, 70, 1] > pixels[70, 70, 0] + 50  # the ground-truth mask, green over grey
+
+
+def test_validation_images_take_turns_in_a_fixed_set():
+    shown = [DebugArtifacts.validation_image(epoch, 100) for epoch in range(1, 2 * VALIDATION_IMAGES + 1)]
+    assert len(set(shown[:VALIDATION_IMAGES])) == VALIDATION_IMAGES and shown[VALIDATION_IMAGES:] == shown[:VALIDATION_IMAGES]
+    assert shown == [DebugArtifacts.validation_image(epoch, 100) for epoch in range(1, 2 * VALIDATION_IMAGES + 1)]
+    assert {DebugArtifacts.validation_image(epoch, 3) for epoch in range(1, 7)} == {0, 1, 2}
+    assert DebugArtifacts.validation_image(1, 0) is None
+
+
+def test_precision_recall_plot_keeps_its_legend_beside_the_axes(tmp_path):
     curves = {"cat": (np.array([0.5, 1.0]), np.array([1.0, 0.5])), "dog": (np.array([0.2]), np.array([0.3]))}
-    path = save_precision_recall_plot(curves, {"cat": 0.75, "dog": 0.06}, tmp_path / "pr.png", title="step 1")
-    with Image.open(path) as png:
-        assert png.format == "PNG" and png.size == (600, 500)
+    path = save_precision_recall_plot(curves, {"cat": 0.75, "dog": 0.06}, tmp_path / "pr.png", title="epoch 1")
+    bare = save_precision_recall_plot({}, {}, tmp_path / "bare.png", title="epoch 1")
+    with Image.open(path) as png, Image.open(bare) as without_legend:
+        assert png.format == "PNG" and png.size[0] > without_legend.size[0] + 50  # the legend widens it
+        assert png.size[1] == without_legend.size[1]

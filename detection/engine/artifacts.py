@@ -14,6 +14,8 @@ from detection.evaluation import DetectionEvaluator, class_aps
 from detection.tracking import Tracker
 from detection.visualize import draw_detections, save_error_plots, save_image, save_precision_recall_plot
 
+VALIDATION_IMAGES = 8  # validation debug images take turns among this many
+
 
 class DebugArtifacts:
     """Args:
@@ -36,23 +38,34 @@ class DebugArtifacts:
         if self.every and step % self.every == 0:
             self._debug_image(model, image, target, f"train_step_{step:07d}.png")
 
-    def validation(self, model: nn.Module, step: int, sample: Optional[tuple], evaluator: DetectionEvaluator,
+    def validation(self, model: nn.Module, step: int, epoch: int, dataset: Sequence, evaluator: DetectionEvaluator,
                    metrics: dict[str, float]) -> None:
-        """After a validation: a validation image (`sample`, or None when unreadable), the PR curves and
-        the error plots."""
+        """After a validation: a validation image (the epoch's turn in a fixed, seeded set of them; none
+        when it is unreadable), the PR curves and the error plots."""
+        index = self.validation_image(epoch, len(dataset))
+        sample = dataset[index] if index is not None else None
         if sample is not None:
-            self._debug_image(model, *sample, f"val_step_{step:07d}.png")
+            self._debug_image(model, *sample, f"val_step_{step:07d}_image_{index:05d}.png")
         path = save_precision_recall_plot(evaluator.precision_recall(), class_aps(metrics, self.class_names),
                                           self.folder / "precision_recall" / f"step_{step:07d}.png",
                                           class_names=self.class_names,
-                                          title=f"precision-recall at IoU 0.5, step {step}")
+                                          title=f"precision-recall at IoU 0.5, epoch {epoch} (step {step})")
         self.tracker.log_artifact(path, artifact_path="precision_recall")
         if path.with_suffix(".classes.txt").is_file():  # the classes the font could not draw by name
             self.tracker.log_artifact(path.with_suffix(".classes.txt"), artifact_path="precision_recall")
         if "errors" in evaluator.metrics:
             for path in save_error_plots(evaluator.error_breakdown(), self.folder / "errors" / f"step_{step:07d}",
-                                         title=f"step {step}"):
+                                         title=f"epoch {epoch} (step {step})"):
                 self.tracker.log_artifact(path, artifact_path=f"errors/step_{step:07d}")
+
+    @staticmethod
+    def validation_image(epoch: int, size: int) -> Optional[int]:
+        """The validation image drawn after `epoch` (1, 2, ...): the same VALIDATION_IMAGES images of the
+        split, chosen with a fixed seed, in turn; None for an empty split."""
+        if size == 0:
+            return None
+        chosen = torch.randperm(size, generator=torch.Generator().manual_seed(0))[:VALIDATION_IMAGES]
+        return int(chosen[(epoch - 1) % len(chosen)])
 
     @torch.no_grad()
     def _debug_image(self, model: nn.Module, image: torch.Tensor, target: dict, name: str) -> None:

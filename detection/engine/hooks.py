@@ -132,7 +132,7 @@ class Validation(Hook):
                                               precision=self.precision, progress=self.progress))
         self.tracker.log_metrics({**metrics, "epoch": state.epoch}, step=state.step)
         if self.artifacts is not None:
-            self.artifacts.validation(model, state.step, self.loader.dataset[0], self.evaluator, metrics)
+            self.artifacts.validation(model, state.step, state.epoch, self.loader.dataset, self.evaluator, metrics)
         log.info("epoch %d: val/map %.4f", state.epoch, metrics["val/map"])
         state.validated(metrics)
 
