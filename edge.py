@@ -5,6 +5,7 @@ the status of how the work ended), and the training run's pieces assembled from 
 """
 
 import copy
+import json
 import logging
 import os
 import re
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ from detection.engine.loop import TrainingInterrupted
 from detection.engine.precision import Precision, choose_precision
 from detection.engine.settings import SettingsError, TrainerSettings
 from detection.evaluation import METRIC_GUIDE, DetectionEvaluator
-from detection.models.export import ContractModel
+from detection.models.export import export_torchscript
 from detection.models.images import as_float_image
 from detection.tracking import NullTracker, Tracker, flatten, sweep_parent
 from sweep import label_of
@@ -379,20 +381,28 @@ def debug_artifacts(cfg: DictConfig, run_dir: Path, tracker: Tracker, precision:
                           autocast=lambda: precision.autocast(device))
 
 
-def log_best_model(tracker: Tracker, model: torch.nn.Module, checkpoint_dirs: list[Path], val_dataset) -> None:
-    """The best checkpoint as an artifact (with `tracking.log_checkpoint`), and the model with its weights as
-    an MLflow pyfunc model on the exported files' contract (`ContractModel`), its input example the first
-    validation image scaled to at most 64 pixels a side.
-    `checkpoint_dirs`: this run's, then (resumed) the checkpoint's, whose best.pt stands while no later
-    validation beats it."""
+def log_best_model(tracker: Tracker, model: torch.nn.Module, checkpoint_dirs: list[Path], val_dataset,
+                   class_names: list[str]) -> None:
+    """The best checkpoint as an artifact (with `tracking.log_checkpoint`), and (with `tracking.log_model`)
+    the model exported to TorchScript as export.py does, traced on the first validation image, logged as
+    an MLflow pyfunc model on the exported files' contract, its input example that image scaled to at most
+    64 pixels a side. `checkpoint_dirs`: this run's, then (resumed) the checkpoint's, whose best.pt stands
+    while no later validation beats it."""
     best = next((folder / "best.pt" for folder in checkpoint_dirs if (folder / "best.pt").is_file()), None)
     if best is None:
         log.warning("no best.pt in %s: the model is not logged", ", ".join(map(str, checkpoint_dirs)))
         return
     tracker.log_checkpoint(best)
-    model.load_state_dict(load_checkpoint(best)["model"])
+    if not tracker.log_model_enabled:
+        return
+    checkpoint = load_checkpoint(best)
+    model.load_state_dict(checkpoint["model"])
     sample = val_dataset[0]
-    image = as_float_image(sample[0]) if sample is not None else torch.zeros(3, 64, 64)
+    image = as_float_image(sample[0]) if sample is not None else torch.rand(3, 64, 64)
     scale = min(1.0, 64 / max(image.shape[1:]))
     example = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear")
-    tracker.log_model(ContractModel(model), example.mul(255).round().to(torch.uint8).numpy())
+    metadata = {"class_names": json.dumps(class_names), "checkpoint": str(best), "step": str(checkpoint["step"])}
+    with tempfile.TemporaryDirectory() as folder:  # the model goes to MLflow as its TorchScript file, once
+        path = export_torchscript(model.cpu(), Path(folder) / "model.pt", metadata=metadata,
+                                  example=image[None].mul(255).round().to(torch.uint8))
+        tracker.log_model(path, example.mul(255).round().to(torch.uint8).numpy())

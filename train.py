@@ -63,7 +63,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         metrics = fit(state, train_loader, settings, hooks=run_hooks, checkpoints=checkpoints)
         if job.is_main:
             resumed_from = [Path(cfg.ckpt_path).parent] if cfg.ckpt_path else []
-            edge.log_best_model(tracker, model, [run_dir / "checkpoints", *resumed_from], val_loader.dataset)
+            edge.log_best_model(tracker, model, [run_dir / "checkpoints", *resumed_from], val_loader.dataset,
+                                list(cfg.dataset.classes))
     log.info("final val/map %.4f; checkpoints in %s", metrics.get("val/map", float("nan")), run_dir / "checkpoints")
     return metrics
 

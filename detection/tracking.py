@@ -110,7 +110,9 @@ class Tracker(Protocol):
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None: ...
     def log_checkpoint(self, path: Path) -> None: ...
     def run_status(self, run_id: str) -> Optional[str]: ...
-    def log_model(self, model: Any, input_example: np.ndarray) -> None: ...
+    log_model_enabled: bool  # whether log_model() stores anything (a caller skips the export otherwise)
+
+    def log_model(self, model_file: Path, input_example: np.ndarray) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
 
@@ -118,6 +120,7 @@ class NullTracker:
     """Logs nothing (`tracking=none`); takes the names a tracker is built with, and ignores them."""
 
     run_id = None
+    log_model_enabled = False
 
     def __init__(self, *, experiment_name: Optional[str] = None, run_name: Optional[str] = None):
         pass
@@ -137,7 +140,7 @@ class NullTracker:
     def run_status(self, run_id):
         return None
 
-    def log_model(self, model, input_example):
+    def log_model(self, model_file, input_example):
         pass
 
     def end(self, status="FINISHED"):
@@ -278,32 +281,39 @@ class MlflowTracker:
         if self.log_checkpoint_enabled:
             self.log_artifact(path, artifact_path="checkpoints")
 
-    def log_model(self, model, input_example):
-        """`model`, a callable from NumPy uint8 images [N, 3, H, W] to {output name: array} (the exported
-        files' contract, `ContractModel`), as an MLflow pyfunc model (the run's 'model') loadable with
-        mlflow.pyfunc.load_model; `input_example` is such an input. Its signature takes any batch and image
-        size and names the outputs. The package's code travels with it; the requirements are the pinned
-        versions."""
-        import mlflow.pyfunc
+    def log_model(self, model_file, input_example):
+        """The exported TorchScript file `model_file` as the run's MLflow pyfunc model ('model'), loadable with
+        mlflow.pyfunc.load_model and called on the exported files' contract (`ContractModel.of_file`);
+        `input_example` uint8 [N, 3, H, W]. Logged as a model from code (PYFUNC_MODEL, nothing pickled):
+        its signature takes any batch and image size and names the outputs; the package's code travels
+        with it and the requirements are the pinned versions."""
+        import tempfile
 
-        if not self.log_model_enabled:
-            return
-        requirements = [f"{name}=={version(name)}" for name in ("torch", "torchvision", "numpy", "pycocotools")]
-        if self._lost is not None:
-            self._unlogged["artifacts"] += 1
-            return
+        import mlflow.pyfunc
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
+        from detection.models.export import ContractModel
+
+        if not self.log_model_enabled:
+            return
+        if self._lost is not None:
+            self._unlogged["artifacts"] += 1
+            return
+        requirements = [f"{name}=={version(name)}" for name in ("torch", "torchvision", "numpy", "pycocotools")]
         # any batch and image size (the example's own would be enforced otherwise), every output by name
         signature = ModelSignature(
             inputs=Schema([TensorSpec(input_example.dtype, (-1, input_example.shape[1], -1, -1))]),
             outputs=Schema([TensorSpec(array.dtype, (-1,) * array.ndim, name)
-                            for name, array in model(input_example).items()]))
-        try:  # pickled with cloudpickle: torch.export cannot trace the data-dependent NMS of an R-CNN
-            mlflow.pyfunc.log_model(name="model", python_model=model, input_example=input_example,
-                                    signature=signature, code_paths=[str(REPO_ROOT / "detection")],
-                                    pip_requirements=requirements, registered_model_name=self.register_model)
+                            for name, array in ContractModel.of_file(model_file)(input_example).items()]))
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                code = Path(folder) / "exported_model.py"
+                code.write_text(PYFUNC_MODEL)
+                mlflow.pyfunc.log_model(name="model", python_model=str(code), artifacts={"model": str(model_file)},
+                                        input_example=input_example, signature=signature,
+                                        code_paths=[str(REPO_ROOT / "detection")], pip_requirements=requirements,
+                                        registered_model_name=self.register_model)
         except Exception as error:  # the run keeps everything else; say what is missing
             self._unlogged["artifacts"] += 1
             log.error("could not log the model to MLflow run %s: %s: %s", self.run_id, type(error).__name__, error)
@@ -334,6 +344,24 @@ class MlflowTracker:
                           "nothing more is sent to it", self.uri, what, self._lost)
         if kind in self._unlogged:
             self._unlogged[kind] += count
+
+
+PYFUNC_MODEL = '''"""The detector's exported TorchScript file as an MLflow pyfunc model (a model from code)."""
+import mlflow
+
+from detection.models.export import ContractModel
+
+
+class ExportedFile(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        self.model = ContractModel.of_file(context.artifacts["model"])
+
+    def predict(self, context, model_input, params=None):
+        return self.model(model_input)
+
+
+mlflow.models.set_model(ExportedFile())
+'''
 
 
 def _param_value(value: Any) -> str:

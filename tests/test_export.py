@@ -58,7 +58,7 @@ def test_an_export_detects_what_the_model_detects(tmp_path, trunk, export_format
     shifted = [{**detections, "boxes": detections["boxes"] + 1.0} for detections in reference]
     with pytest.raises(ExportParityError, match="the export is not the model"):
         check_parity(shifted, exported(images), limit=model.detections_per_image, name=path.name)
-    assert_same_contract(ContractModel(model), exported, torch.stack(images[:3]))
+    assert_same_contract(ContractModel.of_model(model), exported, torch.stack(images[:3]))
 
 
 def assert_same_contract(pyfunc_model: ContractModel, exported: ExportedDetector, batch: torch.Tensor):
@@ -92,9 +92,9 @@ def test_a_mask_rcnn_export_detects_and_segments_what_the_model_does(tmp_path, e
     assert all(len(detections["scores"]) > 0 for detections in reference)
     summary = check_parity(reference, exported(images), limit=model.roi_heads.detections_per_img, name=path.name)
     assert "masks within" in summary
-    assert_same_contract(ContractModel(model), exported, images[3][None])
+    assert_same_contract(ContractModel.of_model(model), exported, images[3][None])
     with pytest.raises(ValueError, match="one image a call"):
-        ContractModel(model)(torch.stack(photos).numpy())
+        ContractModel.of_model(model)(torch.stack(photos).numpy())
 
 
 def test_export_py_checks_its_file_and_the_export_scores_the_models_map(tmp_path, smoke_ssd, shapes_root):

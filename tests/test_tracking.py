@@ -95,7 +95,11 @@ def test_a_sqlite_stores_artifacts_live_beside_it_and_the_run_says_how_to_see_it
     assert run.info.artifact_uri.startswith((store / "mlartifacts").as_uri())
     assert not (elsewhere / "mlruns").exists()
     assert not any(path.startswith("checkpoints/") for path in artifact_paths(client, run.info.run_id))
-    assert len(list((store / "mlartifacts").glob("*/models/*/artifacts/MLmodel"))) == 1  # the weights, once
+    [model_dir] = [path.parent for path in (store / "mlartifacts").glob("*/models/*/artifacts/MLmodel")]
+    weights = [path for path in model_dir.rglob("*") if path.is_file() and path.stat().st_size > 1_000_000]
+    assert [path.name for path in weights] == ["model.pt"]  # the weights once, as the TorchScript export
+    assert not list(model_dir.rglob("*.pkl"))  # a model from code: nothing pickled
+    assert "CloudPickle" not in output and "arbitrary code" not in output  # and no warning about it
     assert output.count(f"MLflow run {run.info.run_id}") == 2  # at its start and at its end
     assert f"mlflow ui --backend-store-uri {uri}" in output
 

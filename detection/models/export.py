@@ -6,6 +6,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -144,20 +145,32 @@ def export_torchscript(model: nn.Module, path: Path, *, metadata: dict[str, str]
 
 
 class ContractModel:
-    """The exported files' contract on NumPy arrays, for MLflow's pyfunc flavour: `exportable(model)` run in
-    PyTorch, called with uint8 [N, 3, H, W] and returning {output name: array} (ExportableSSD's or
-    ExportableMaskRCNN's outputs), what onnxruntime returns for the ONNX file."""
+    """The exported files' contract on NumPy arrays, MLflow's pyfunc model: called with uint8 [N, 3, H, W]
+    and returning {output name: array} (ExportableSSD's or ExportableMaskRCNN's outputs), as onnxruntime
+    returns them for the ONNX file. `of_model` runs the wrapper the files are traced from in PyTorch;
+    `of_file` runs an exported file (what the run's logged MLflow model does)."""
 
-    def __init__(self, model: nn.Module):
-        self.module = exportable(model.cpu())
+    def __init__(self, run: Callable[[torch.Tensor], tuple], outputs: Sequence[str], batch: str, contract: str):
+        self.run, self.outputs, self.batch, self.contract = run, list(outputs), batch, contract
+
+    @classmethod
+    def of_model(cls, model: nn.Module) -> "ContractModel":
+        module = exportable(model.cpu())
+        return cls(module, module.outputs, module.batch, module.contract)
+
+    @classmethod
+    def of_file(cls, path: Path) -> "ContractModel":
+        detector = ExportedDetector(path)
+        metadata = detector.metadata
+        return cls(detector.run, metadata["outputs"].split(","), metadata["batch"], metadata["contract"])
 
     def __call__(self, model_input: np.ndarray) -> dict[str, np.ndarray]:
         """model_input: uint8 [N, 3, H, W] images (the name is the one MLflow's pyfunc passes them by)."""
-        if self.module.batch == "1" and len(model_input) != 1:
-            raise ValueError(f"this model takes one image a call ({self.module.contract}); got {len(model_input)}")
+        if self.batch == "1" and len(model_input) != 1:
+            raise ValueError(f"this model takes one image a call ({self.contract}); got {len(model_input)}")
         with torch.no_grad():
-            outputs = self.module(torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.uint8)))
-        return {name: output.numpy() for name, output in zip(self.module.outputs, outputs)}
+            outputs = self.run(torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.uint8)))
+        return {name: output.numpy() for name, output in zip(self.outputs, outputs)}
 
 
 class ExportedDetector:
