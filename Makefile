@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install train test test-fast bench mlflow-ui clean
+.PHONY: install train test test-fast bench mlflow-ui mlflow-screenshot clean
 
 $(INSTALLED): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: $(INSTALLED)
 
 mlflow-ui: $(INSTALLED)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
+
+# docs/mlflow_compare.png from the newest sweep in mlflow.db (needs Debian's chromium: apt-get install chromium)
+mlflow-screenshot: $(INSTALLED)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	$(PY) docs/mlflow_screenshot.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache
