@@ -348,6 +348,7 @@ class MlflowTracker:
 
 PYFUNC_MODEL = '''"""The detector's exported TorchScript file as an MLflow pyfunc model (a model from code)."""
 import mlflow
+import numpy as np
 
 from detection.models.export import ContractModel
 
@@ -356,7 +357,7 @@ class ExportedFile(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.model = ContractModel.of_file(context.artifacts["model"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None):
         return self.model(model_input)
 
 

@@ -19,6 +19,11 @@ from detection.models.postprocess import per_image
 OUTPUTS = ("boxes", "scores", "labels", "counts")
 
 
+# torch 2.10+ warns on every TorchScript save and load; the format stays ours while it runs what torch.export
+# cannot (an R-CNN's data-dependent NMS), and the README says so
+TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.(save|load)` is deprecated"
+
+
 class ExportableSSD(nn.Module):
     """An SSD's whole eval path in fixed shapes, the graph that ONNX and TorchScript files hold: resize and
     normalisation in, NMS (`dense_nms`) and each image's best detections out.
@@ -140,7 +145,9 @@ def export_torchscript(model: nn.Module, path: Path, *, metadata: dict[str, str]
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, (example,), check_trace=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps({**metadata, **file_metadata(module)})})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", TORCHSCRIPT_DEPRECATED, FutureWarning)
+        torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps({**metadata, **file_metadata(module)})})
     return path
 
 
@@ -191,7 +198,9 @@ class ExportedDetector:
             self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         else:
             files = {"metadata.json": ""}
-            self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", TORCHSCRIPT_DEPRECATED, FutureWarning)
+                self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files)
             self.metadata = json.loads(files["metadata.json"] or "{}")
         if "class_names" not in self.metadata:
             raise ValueError(f"{self.path}: not exported by export.py (no class_names in its metadata)")
