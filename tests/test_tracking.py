@@ -126,6 +126,7 @@ def test_a_multirun_is_a_parent_run_with_a_child_per_job_and_a_failed_job_does_n
     first, second = (child.data.params for child in children)
     assert {key for key in first if first[key] != second.get(key)} == {"optimizer.lr"}
     assert "val/map" in children[1].data.metrics
+    assert not client.search_logged_models([parent.info.experiment_id])  # tracking.log_model=false: no model
     assert ".hydra/config.yaml" in artifact_paths(client, children[0].info.run_id)  # the failed job's config too
     # the parent shows the swept space and the winner (the one job that reported val/map)
     assert parent.data.params["sweep.optimizer.lr"] == "-1,0.002"
