@@ -322,6 +322,15 @@ def short_text(value: Any) -> str:
     return str(value)
 
 
+HYDRA_ESCAPED = re.compile(r"\\([\\()\[\]{}:=, \t])")  # a multirun's jobs get their string values so escaped
+
+
+def readable(override: str) -> str:
+    """An override as the user typed it: without the backslash a multirun's launcher puts before each of
+    `\\()[]{}:=,`, space and tab in a value (`tracking.uri=sqlite\\:////x.db`)."""
+    return HYDRA_ESCAPED.sub(r"\1", override)
+
+
 def start_tracking(cfg: DictConfig, *, is_main: bool, tags: dict[str, str], run_id: Optional[str]) -> Tracker:
     """This rank's tracker (rank 0's logs, the others' do nothing) with its run started: `run_id`'s when
     resuming, a child of the sweep's parent run in a multirun."""
@@ -329,7 +338,7 @@ def start_tracking(cfg: DictConfig, *, is_main: bool, tags: dict[str, str], run_
         return NullTracker()
     hydra_config = HydraConfig.get()
     label = label_of(cfg, group_choices())
-    overrides = [o for o in hydra_config.overrides.task if not o.startswith("ckpt_path=")]
+    overrides = [readable(o) for o in hydra_config.overrides.task if not o.startswith("ckpt_path=")]
     sweep = sweep_parent(Path(hydra_config.sweep.dir)) if hydra_config.mode == RunMode.MULTIRUN else None
     named = [o for o in overrides if o.split("=", 1)[0] in sweep["swept"]] if sweep else overrides
     named = [o for o in named if not o.split("=", 1)[0].lstrip("+~").startswith(QUIET_KEYS)]

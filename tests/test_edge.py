@@ -142,3 +142,11 @@ def test_the_experiment_label_comes_from_plain_values_of_the_config_and_its_choi
     assert label_of(cfg, {}) == "ssd128_resnet18_shapes"
     assert label_of(cfg, {"sweep_backbone": "vgg16+resnet50"}) == "ssd128_vgg16+resnet50_shapes"
     assert label_of(compose_train("model=maskrcnn", "fpn=resnet18"), {}) == "maskrcnn_resnet18_shapes"
+
+
+@pytest.mark.parametrize("escaped, typed", [("tracking.uri=sqlite\\:////tmp/x.db", "tracking.uri=sqlite:////tmp/x.db"),
+                                            ("run.name=a\\ b\\,c\\=d", "run.name=a b,c=d"),
+                                            ("path=C\\:\\\\data", "path=C:\\data"),
+                                            ("optimizer.lr=0.002", "optimizer.lr=0.002")])
+def test_overrides_are_tagged_and_named_as_typed_without_hydras_escapes(escaped, typed):
+    assert edge.readable(escaped) == typed
