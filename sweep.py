@@ -9,10 +9,10 @@ from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 
-from detection.tracking import (end_parent_run, experiment_label, start_parent_run, summarise_sweep, sweep_parent,
-                                write_sweep_parent)
+from detection.tracking import (end_parent_run, experiment_label, start_parent_run, store_folder, summarise_sweep,
+                                sweep_parent, write_sweep_parent)
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +85,57 @@ class MlflowSweepCallback(Callback):
         if self._parent is not None:
             end_parent_run(self._uri, self._parent, status, artifact)
             self._parent = None
+
+
+class OptunaStudyCallback(Callback):
+    """Stores an Optuna search's study (`hparams_search=...`, `hydra.sweeper.storage: null`) in SQLite beside
+    the MLflow store, `optuna.db`, so that the same command continues the search (its `n_trials` more) and
+    `optuna.load_study(study_name=..., storage=...)` reads every trial. A storage given in the config is
+    used as it is."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.sweeper
+        if not str(sweeper.get("_target_", "")).endswith("OptunaSweeper"):
+            return
+        if sweeper.get("storage") is None:
+            with read_write(sweeper):
+                sweeper.storage = f"sqlite:///{store_folder(config.tracking.get('uri')) / 'optuna.db'}"
+        if str(sweeper.storage).startswith("sqlite:///"):
+            stamp_optuna_storage(sweeper.storage)
+        done = finished_trials(sweeper.storage, sweeper.study_name)
+        if done and sweeper.get("sampler", {}).get("seed") is not None:
+            with read_write(sweeper):  # a seeded sampler would draw the first search's points again
+                sweeper.sampler.seed = int(sweeper.sampler.seed) + done
+        log.info("Optuna study %r in %s: %d trials so far; the same command continues it", sweeper.study_name,
+                 sweeper.storage, done)
+
+
+def finished_trials(storage: str, study_name: str) -> int:
+    """How many trials the study at `storage` has (0 when it has none yet)."""
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:  # no such study yet
+        return 0
+
+
+def stamp_optuna_storage(url: str) -> None:
+    """Creates Optuna's tables at `url` and records their schema version, committed. The Optuna that
+    hydra-optuna-sweeper pins (2.10) records it on a connection SQLAlchemy 2 rolls back, and then refuses
+    its own new storage ("assert version is not None"); a storage already stamped is left alone."""
+    import alembic.migration
+    import alembic.script
+    import sqlalchemy
+    from optuna.storages import _rdb
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        _rdb.models.BaseModel.metadata.create_all(engine)
+        with engine.begin() as connection:
+            context = alembic.migration.MigrationContext.configure(connection)
+            if context.get_current_revision() is None:
+                scripts = alembic.script.ScriptDirectory(str(Path(_rdb.__file__).parent / "alembic"))
+                context.stamp(scripts, scripts.get_current_head())
+    finally:
+        engine.dispose()

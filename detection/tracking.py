@@ -76,8 +76,16 @@ def artifact_location(uri: str, experiment_name: str) -> Optional[str]:
     default) for other stores."""
     if not uri.startswith("sqlite:///"):
         return None
-    folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
-    return (folder / "mlartifacts" / re.sub(r"[^\w.-]", "_", experiment_name)).as_uri()
+    return (store_folder(uri) / "mlartifacts" / re.sub(r"[^\w.-]", "_", experiment_name)).as_uri()
+
+
+def store_folder(uri: Optional[str]) -> Path:
+    """The folder of a local SQLite store (`uri` None: the default one), else the repository root: where
+    files that belong with the store go (an Optuna study's)."""
+    uri = uri or DEFAULT_URI
+    if not uri.startswith("sqlite:///"):
+        return REPO_ROOT
+    return Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
 
 
 def experiment_id(client, uri: str, name: str) -> str:
