@@ -412,6 +412,11 @@ def log_best_model(tracker: Tracker, model: torch.nn.Module, checkpoint_dirs: li
     example = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear")
     metadata = {"class_names": json.dumps(class_names), "checkpoint": str(best), "step": str(checkpoint["step"])}
     with tempfile.TemporaryDirectory() as folder:  # the model goes to MLflow as its TorchScript file, once
-        path = export_torchscript(model.cpu(), Path(folder) / "model.pt", metadata=metadata,
-                                  example=image[None].mul(255).round().to(torch.uint8))
+        try:
+            path = export_torchscript(model.cpu(), Path(folder) / "model.pt", metadata=metadata,
+                                      example=image[None].mul(255).round().to(torch.uint8))
+        except Exception as error:  # the run and its checkpoints stand; export.py can be run on best.pt later
+            log.error("could not export the model for MLflow (%s: %s); the run logs no model", type(error).__name__,
+                      error)
+            return
         tracker.log_model(path, example.mul(255).round().to(torch.uint8).numpy())

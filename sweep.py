@@ -1,6 +1,7 @@
-"""The Hydra side of a sweep: the callback that makes a multirun one parent MLflow run, and the experiment
-label it and every run are named by. Kept apart from edge.py and light (no torch), because Hydra builds its
-callbacks before an entry point checks its settings, and a bad setting is refused before torch loads."""
+"""The Hydra side of a sweep: the callbacks that make a multirun one parent MLflow run and keep an Optuna
+search's study, and the experiment label it and every run are named by. Kept apart from edge.py and light
+(no torch), because Hydra builds its callbacks before an entry point checks its settings, and a bad setting
+is refused before torch loads."""
 
 import atexit
 import logging
@@ -102,7 +103,7 @@ class OptunaStudyCallback(Callback):
                 sweeper.storage = f"sqlite:///{store_folder(config.tracking.get('uri')) / 'optuna.db'}"
         if str(sweeper.storage).startswith("sqlite:///"):
             stamp_optuna_storage(sweeper.storage)
-        done = finished_trials(sweeper.storage, sweeper.study_name)
+        done = trials_so_far(sweeper.storage, sweeper.study_name)
         if done and sweeper.get("sampler", {}).get("seed") is not None:
             with read_write(sweeper):  # a seeded sampler would draw the first search's points again
                 sweeper.sampler.seed = int(sweeper.sampler.seed) + done
@@ -110,8 +111,8 @@ class OptunaStudyCallback(Callback):
                  sweeper.storage, done)
 
 
-def finished_trials(storage: str, study_name: str) -> int:
-    """How many trials the study at `storage` has (0 when it has none yet)."""
+def trials_so_far(storage: str, study_name: str) -> int:
+    """How many trials (of any state) the study at `storage` has; 0 when there is no such study yet."""
     import optuna
 
     try:

@@ -309,12 +309,12 @@ class MlflowTracker:
             self._unlogged["artifacts"] += 1
             return
         requirements = [f"{name}=={version(name)}" for name in ("torch", "torchvision", "numpy", "pycocotools")]
-        # any batch and image size (the example's own would be enforced otherwise), every output by name
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(input_example.dtype, (-1, input_example.shape[1], -1, -1))]),
-            outputs=Schema([TensorSpec(array.dtype, (-1,) * array.ndim, name)
-                            for name, array in ContractModel.of_file(model_file)(input_example).items()]))
         try:
+            # any batch and image size (the example's own would be enforced otherwise), every output by name
+            signature = ModelSignature(
+                inputs=Schema([TensorSpec(input_example.dtype, (-1, input_example.shape[1], -1, -1))]),
+                outputs=Schema([TensorSpec(array.dtype, (-1,) * array.ndim, name)
+                                for name, array in ContractModel.of_file(model_file)(input_example).items()]))
             with tempfile.TemporaryDirectory() as folder:
                 code = Path(folder) / "exported_model.py"
                 code.write_text(PYFUNC_MODEL)

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 GROUND_TRUTH_COLOUR = "lime"
@@ -73,8 +73,8 @@ def draw_detections(image: torch.Tensor, target: dict[str, torch.Tensor], predic
         if len(boxes):
             boxes = boxes.detach().cpu().float() * factor
             canvas = draw_bounding_boxes(canvas, boxes, colors=colour, width=2)
-            texts = [names[int(label) - 1] + ("" if scores is None else f" {float(score):.2f}")
-                     for label, score in zip(labels.tolist(), scores if scores is not None else labels)]
+            suffixes = [""] * len(boxes) if scores is None else [f" {score:.2f}" for score in scores.tolist()]
+            texts = [names[int(label) - 1] + suffix for label, suffix in zip(labels.tolist(), suffixes)]
             tags += [(box, text, colour) for box, text in zip(boxes.tolist(), texts)]
     return draw_tags(canvas, tags)
 
@@ -83,8 +83,6 @@ def draw_tags(canvas: torch.Tensor, tags: list[tuple[list[float], str, str]]) ->
     """Writes each (box xyxy, text, colour) as a filled tag at the first of: above the box's top-left
     corner, inside it, below its bottom-left corner, that covers no tag already placed (the last one
     when all do), clipped into the picture. uint8 [3, H, W] in and out."""
-    from PIL import ImageDraw, ImageFont
-
     picture = Image.fromarray(canvas.permute(1, 2, 0).numpy())
     pen = ImageDraw.Draw(picture)
     font = ImageFont.truetype(_font()[0], LABEL_FONT_SIZE)
