@@ -214,7 +214,7 @@ def test_coco_errors_name_the_file_and_the_problem(compose_train, coco_folder, t
 def test_train_and_evaluate_on_coco_json_data(tmp_path, coco_folder):
     tracking = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     result = run_script("train.py", "debug=smoke", "backbone=resnet18", "anchors=shapes128", "augment=ssd",
-                        *coco_overrides(coco_folder)[:-1], cwd=tmp_path, env=tracking)
+                        "tracking.log_model=false", *coco_overrides(coco_folder)[:-1], cwd=tmp_path, env=tracking)
     assert result.returncode == 0, result.stdout + result.stderr
     evaluation = tmp_path / "eval"
     evaluation.mkdir()

@@ -162,7 +162,7 @@ def test_an_optuna_search_maximises_val_map_with_trials_as_child_runs(tmp_path, 
 @pytest.mark.slow
 def test_an_optuna_search_is_stored_beside_a_sqlite_store_and_the_same_command_continues_it(tmp_path, shapes_root):
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    command = ["train.py", "hparams_search=ssd_lr", "hydra.sweeper.n_trials=2", "optimizer=adamw", *SMOKE,
+    command = ["train.py", "hparams_search=ssd_lr", "hydra.sweeper.n_trials=1", "optimizer=adamw", *SMOKE,
                f"dataset.root={shapes_root}", f"tracking.uri={uri}", "tracking.log_model=false",
                "tracking.system_metrics=false"]
     for search in ("first", "second"):  # each in a folder of its own, as Hydra's timestamped default gives
@@ -171,11 +171,11 @@ def test_an_optuna_search_is_stored_beside_a_sqlite_store_and_the_same_command_c
         assert result.returncode == 0, result.stdout + result.stderr
     storage = f"sqlite:///{tmp_path / 'store' / 'optuna.db'}"
     trials = optuna.load_study(study_name="ssd_lr_ssd128_resnet18_shapes", storage=storage).trials
-    assert [trial.number for trial in trials] == [0, 1, 2, 3]  # the second search went on from the first's
+    assert [trial.number for trial in trials] == [0, 1]  # the second search went on from the first's
     assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
+    assert trials[0].params != trials[1].params  # the seeded sampler moved on: not the first's point again
     runs = all_runs(MlflowClient(uri))
-    assert len(runs) == 2 * 3, [run.info.run_name for run in runs]  # each search: a parent and its two trials
-    assert len({run.data.params.get("optimizer.lr") for run in runs if "optimizer.lr" in run.data.params}) == 4
+    assert len(runs) == 2 * 2, [run.info.run_name for run in runs]  # each search: a parent and its trial
 
 
 @pytest.mark.faults
@@ -209,7 +209,8 @@ def test_three_first_runs_at_once_on_a_fresh_sqlite_store_all_finish(tmp_path, s
         folder.mkdir()
         processes.append(subprocess.Popen(
             [sys.executable, str(REPO / "train.py"), *SMOKE, f"dataset.root={shapes_root}", f"tracking.uri={store}",
-             "tracking.system_metrics=false", f"hydra.run.dir={folder}/run"], cwd=folder,
+             "tracking.system_metrics=false", "tracking.log_model=false",
+             f"hydra.run.dir={folder}/run"], cwd=folder,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0, 0], "\n".join(outputs)

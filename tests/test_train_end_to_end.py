@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def train(tmp_path, shapes_root, *overrides):
-    result = run_script("train.py", "debug=smoke", f"dataset.root={shapes_root}", *SMALL_SHAPES, *overrides,
+    result = run_script("train.py", "debug=smoke", f"dataset.root={shapes_root}", *SMALL_SHAPES,
+                        "tracking.log_model=false", *overrides,  # the model's logging: tests/test_tracking.py
                         cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
     assert result.returncode == 0, result.stdout + result.stderr
     return result
