@@ -1,8 +1,8 @@
 """Evaluator speed on a VOC-sized split: 5,000 images x 20 classes x 100 detections per image.
 
-Prints the time (the fastest of 5) of VOC07 + VOC-area AP together, of the TIDE error breakdown with the confusion matrix
-against them (target: at most 2x), and of the COCO metrics with our backend (faster-coco-eval) against
-plain pycocotools on the same data, with the numbers of both.
+Prints the time (the fastest of 5) of VOC07 + VOC-area AP together, of the TIDE error breakdown with the
+confusion matrix against them (target: at most 2x), and of the COCO metrics with our backend
+(faster-coco-eval) against plain pycocotools on the same data, with the numbers of both.
 
     python bench/eval.py [--images 5000]
 """

@@ -19,8 +19,8 @@ from detection.models.postprocess import per_image
 OUTPUTS = ("boxes", "scores", "labels", "counts")
 
 
-# torch 2.10+ warns on every TorchScript save and load; the format stays ours while it runs what torch.export
-# cannot (an R-CNN's data-dependent NMS), and the README says so
+# torch (2.15 here) warns on every TorchScript save and load; the format stays ours while it runs what
+# torch.export cannot (an R-CNN's data-dependent NMS), and the README says so
 TORCHSCRIPT_DEPRECATED = r"`torch\.jit\.(save|load)` is deprecated"
 
 
