@@ -40,6 +40,7 @@ from detection.evaluation import METRIC_GUIDE, DetectionEvaluator
 from detection.models.export import export_torchscript
 from detection.models.images import as_float_image
 from detection.tracking import NullTracker, Tracker, flatten, sweep_parent
+from schema import check_targets
 from sweep import label_of
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,25 @@ def build_model(cfg: DictConfig, *, pretrained: bool = True) -> torch.nn.Module:
     return instantiate(model)
 
 
-def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, DictConfig, dict[str, Any]]:
-    """The model a training checkpoint holds, rebuilt from its stored configuration with its weights (on the
-    CPU, in train mode as built); returns (model, the run's resolved configuration, the checkpoint, its
-    class_names filled in from the configuration where it has none)."""
+def trusted_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint read without running code: `weights_only` loading, then every `_target_` of
+    its stored configurations checked against the project's (`schema.check_targets`) before anything is
+    instantiated from them. A file without a configuration (a bare state_dict) is refused naming it."""
     checkpoint = load_checkpoint(path)
     if not {"config", "model"} <= set(checkpoint):
-        raise ValueError(f"{path}: not a training checkpoint of this project (it holds {sorted(checkpoint)[:5]}, "
+        raise SettingsError(f"{path}: not a training checkpoint of this project (it holds {sorted(checkpoint)[:5]}, "
                          "not config and model; train.py writes them to checkpoints/)")
+    for key in ("config", "config_unresolved"):
+        check_targets(checkpoint.get(key), f"{path} ({key})")
+    return checkpoint
+
+
+def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, DictConfig, dict[str, Any]]:
+    """The model a training checkpoint holds, rebuilt from its stored configuration (checked by
+    `trusted_checkpoint`) with its weights (on the CPU, in train mode as built); returns (model, the run's
+    resolved configuration, the checkpoint, its class_names filled in from the configuration where it has
+    none)."""
+    checkpoint = trusted_checkpoint(path)
     trained = OmegaConf.create(checkpoint["config"])
     checkpoint.setdefault("class_names", list(trained.dataset.classes))  # a copy holding only config and model
     model = build_model(trained, pretrained=False)
@@ -108,7 +120,7 @@ def continued_run(cfg: DictConfig, run_dir: Path, overrides: Optional[list[str]]
         log.info("%s exists: this run continues from it (a requeued job)", own)
         cfg = cfg.copy()
         cfg.ckpt_path = str(own)
-    checkpoint = load_checkpoint(Path(cfg.ckpt_path))
+    checkpoint = trusted_checkpoint(Path(cfg.ckpt_path))
     return resume_config(cfg, checkpoint, overrides), checkpoint
 
 

@@ -107,10 +107,10 @@ def record_evaluation(cfg: DictConfig, trained: DictConfig, checkpoint: dict, da
 def main(cfg: DictConfig) -> float:
     try:
         check_evaluate(cfg)
-    except SettingsError as error:  # one line naming the key, not a traceback
+        return run_evaluation(cfg)["val/map"]
+    except (SettingsError, FileNotFoundError, ValueError) as error:  # one line naming the file or key
         log.error("%s", error)
         sys.exit(2)
-    return run_evaluation(cfg)["val/map"]
 
 
 if __name__ == "__main__":

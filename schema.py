@@ -8,7 +8,11 @@ this module does not import torch, so a typo costs a second.
 
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import yaml
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -17,6 +21,50 @@ from detection.engine.settings import SettingsError, TrainerSettings, check_at_l
 
 
 MODEL_PARTS = ("backbone", "anchors", "fpn")  # groups a model config composes and interpolates
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+
+
+class UntrustedConfig(SettingsError):
+    """A configuration read from a file names a `_target_` this project's config groups do not name."""
+
+
+@lru_cache(maxsize=1)
+def project_targets() -> frozenset[str]:
+    """Every `_target_` the config groups under conf/ name (Hydra's own launcher configs aside): the only
+    callables a configuration read from a file (a checkpoint's) may instantiate."""
+    targets = set()
+    for path in CONFIG_DIR.rglob("*.yaml"):
+        if "hydra" not in path.relative_to(CONFIG_DIR).parts:
+            groups = yaml.safe_load(path.read_text()) or {}
+            groups.pop("hydra", None)  # train.yaml's callbacks: Hydra's, never stored in a checkpoint
+            targets.update(target for _, target in targets_in(groups))
+    return frozenset(targets)
+
+
+def targets_in(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(key path, value) of every `_target_` in a plain container, at any depth, lists included."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield where, value
+            else:
+                yield from targets_in(value, where)
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            yield from targets_in(value, f"{path}[{index}]")
+
+
+def check_targets(config: Any, source: Any) -> None:
+    """Refuses a configuration that came from a file (`source`, named in the message) when any `_target_`
+    in it, at any depth, is not one of `project_targets()`: a checkpoint is data, and nothing it names is
+    called before every target in it has passed. Interpolations are refused too (`${...}` could resolve to
+    anything); `config` is a plain container as stored."""
+    allowed = project_targets()
+    for where, target in targets_in(config):
+        if not isinstance(target, str) or target not in allowed:
+            raise UntrustedConfig(f"{source}: {where}={target!r} is not a target this project's config groups "
+                                  f"name; the configuration stored there is refused and nothing in it was run")
 
 
 @dataclass
