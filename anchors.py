@@ -128,7 +128,7 @@ def record_run(cfg: DictConfig, run_dir: Path, result: dict) -> None:
                                  run_name=f"{cfg.command} {cfg.dataset.name} anchors={edge.group_choices().get('anchors')}")
     tracker.start(params={"command": cfg.command, "dataset": cfg.dataset.name, "split": cfg.split,
                           "iou_threshold": cfg.iou_threshold, "augmented_passes": cfg.augmented_passes},
-                  tags={"job": "anchors"})
+                  tags={"job": "anchors"}, spool=edge.tracking_spool(run_dir))
     with edge.ended_with_status(tracker):
         for name, part in result.items():
             tracker.log_metrics({f"{name}/best_possible_recall": part["overall"]["best_possible_recall"],

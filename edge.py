@@ -34,7 +34,7 @@ from detection.engine.checkpoint import RunLock, load_checkpoint, seed_everythin
 from detection.engine.device import resolve_device
 from detection.engine.distributed import DistributedContext, init_distributed, shutdown_distributed
 from detection.engine.loop import TrainingInterrupted
-from detection.engine.precision import Precision, choose_precision
+from detection.engine.precision import EVALUATION, Precision, choose_precision
 from detection.engine.settings import SettingsError, TrainerSettings
 from detection.evaluation import METRIC_GUIDE, DetectionEvaluator
 from detection.models.export import export_torchscript
@@ -55,6 +55,7 @@ MAY_CHANGE_ON_RESUME = ("trainer.max_epochs", "trainer.device", "trainer.num_wor
                         "trainer.debug_images_every", "trainer.channels_last", "trainer.compile",
                         "trainer.cudnn_benchmark", "trainer.confusion_score_threshold", *DATA_PATHS)
 ALWAYS_FROM_COMMAND_LINE = ("ckpt_path", "hydra")
+TRACKING_SPOOL = "tracking_spool.jsonl"  # in a run directory: the records its tracking store did not take
 
 
 def build_model(cfg: DictConfig, *, pretrained: bool = True) -> torch.nn.Module:
@@ -144,22 +145,25 @@ def check_same_data(cfg: DictConfig, checkpoint: dict[str, Any], fingerprint: st
 
 def resume_config(cfg: DictConfig, checkpoint: dict[str, Any], overrides: list[str]) -> DictConfig:
     """The configuration a resumed run continues with: the one stored in `checkpoint`, all of it, with
-    only the command line's `overrides` of MAY_CHANGE_ON_RESUME applied. An override that would change
-    anything else (a value or a config group choice) is refused with both values named; one that repeats
-    the stored value is accepted.
+    only the command line's `overrides` of MAY_CHANGE_ON_RESUME and of the tracking group applied. An
+    override that would change anything else (a value or a config group choice) is refused with both values
+    named; one that repeats the stored value is accepted.
 
     The stored configuration is taken as composed, before interpolation, so that a moved data root (an
     override, or an environment variable such as BCCD_ROOT) reaches every node that names it; the data's
     fingerprint (`check_same_data`) makes sure it is the same data. The tracking store is the resolved
     one: the run's MLflow run lives there, whatever MLFLOW_TRACKING_URI says now."""
     stored = OmegaConf.create(checkpoint.get("config_unresolved") or checkpoint["config"])
-    stored.tracking = checkpoint["config"]["tracking"]  # the run goes on in the store it started in
+    stored.tracking = checkpoint["config"]["tracking"]  # the run goes on in the store it started in, unless told
     choices = checkpoint.get("choices", {})  # the config group options it was composed from
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if key.split(".")[0] in ALWAYS_FROM_COMMAND_LINE:
             continue
-        if key in MAY_CHANGE_ON_RESUME:
+        if key == "tracking":  # tracking=none, or another tracker: the command's, whole
+            stored.tracking = cfg.tracking
+            continue
+        if key in MAY_CHANGE_ON_RESUME or key.startswith("tracking."):
             OmegaConf.update(stored, key, plain(OmegaConf.select(cfg, key)), force_add=True)
             continue
         if key in choices:  # a group: backbone=vgg16, experiment=..., debug=smoke
@@ -227,7 +231,8 @@ class Job:
 
     def tags(self) -> dict[str, str]:
         return {"device": str(self.device), "world_size": str(self.context.world_size),
-                "precision": self.precision.name, "precision_reason": self.precision.reason}
+                "precision": self.precision.name, "precision_reason": self.precision.reason,
+                "validation_precision": EVALUATION.name}
 
 
 def start_job(settings: TrainerSettings, seed: int) -> Job:
@@ -284,7 +289,7 @@ def training_hooks(cfg: DictConfig, settings: TrainerSettings, job: Job, tracker
     evaluator = DetectionEvaluator(class_names=list(cfg.dataset.classes),
                                    confusion_score_threshold=settings.confusion_score_threshold)
     validation = hooks.Validation(val_loader, evaluator, tracker,
-                                  device=job.device, precision=job.precision, progress=settings.progress,
+                                  device=job.device, progress=settings.progress,
                                   artifacts=artifacts)
     logger = hooks.MetricLogger(tracker, every=settings.log_every, warn_data_wait=settings.warn_data_wait)
     debug_images = [hooks.DebugImages(artifacts)] if artifacts else []
@@ -359,9 +364,22 @@ def start_tracking(cfg: DictConfig, *, is_main: bool, tags: dict[str, str], run_
     tracker.start(params=run_params(cfg),
                   tags={"overrides": " ".join(overrides), "host": socket.gethostname(), **tags, **git_tags(),
                         "mlflow.note.content": METRIC_GUIDE},  # the run's description in the UI
-                  run_id=run_id, parent_run_id=sweep["run_id"] if sweep else None)
+                  run_id=run_id, parent_run_id=sweep["run_id"] if sweep else None,
+                  spool=tracking_spool(Path(hydra_config.runtime.output_dir), cfg.ckpt_path))
     tracker.log_artifact(Path(hydra_config.runtime.output_dir) / ".hydra")
     return tracker
+
+
+def tracking_spool(run_dir: Path, ckpt_path: Optional[str] = None) -> Path:
+    """Where this job keeps the tracking records its store did not take: `tracking_spool.jsonl` in its run
+    directory, where a resumed run's earlier spool (beside its checkpoints/) is moved, to be sent first."""
+    spool = run_dir / TRACKING_SPOOL
+    earlier = Path(ckpt_path).resolve().parent.parent / TRACKING_SPOOL if ckpt_path else None
+    if earlier is not None and earlier.is_file() and earlier != spool.resolve():
+        with spool.open("a", encoding="utf-8") as file:
+            file.write(earlier.read_text(encoding="utf-8"))
+        earlier.unlink()
+    return spool
 
 
 @contextmanager

@@ -10,16 +10,8 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from detection.data.loader import build_loader
-from detection.engine.distributed import init_distributed, shutdown_distributed
-from detection.engine.device import resolve_device
-from detection.engine.inference import evaluate
-from detection.evaluation import DetectionEvaluator, class_aps, validation_metrics
-from detection.visualize import save_error_plots
-import edge
 from schema import SettingsError, check_evaluate
 
 log = logging.getLogger(__name__)
@@ -27,6 +19,8 @@ log = logging.getLogger(__name__)
 
 def per_class_table(metrics: dict[str, float], classes: list[str]) -> str:
     """AP per class and their means: VOC07 11-point and VOC area at IoU 0.5, COCO at IoU 0.5:0.95."""
+    from detection.evaluation import class_aps
+
     columns = (("VOC07 AP50", "ap50_voc07", "val/map"), ("VOC AP50", "ap50_voc", "val/map50_voc"),
                ("COCO AP", "ap50_95", "val/map50_95"))
     aps = [class_aps(metrics, classes, measure) for _, measure, _ in columns]
@@ -49,13 +43,26 @@ def error_table(errors: dict, classes: list[str]) -> str:
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, float]:
+    # imported once the settings passed their check: a bad setting is refused before torch loads
+    from hydra.utils import instantiate
+
+    import edge
+    from detection.data.loader import build_loader
+    from detection.engine.device import resolve_device
+    from detection.engine.distributed import init_distributed, shutdown_distributed
+    from detection.engine.inference import evaluate
+    from detection.engine.precision import EVALUATION
+    from detection.evaluation import DetectionEvaluator, validation_metrics
+    from detection.visualize import save_error_plots
+
     model, trained, checkpoint = edge.model_from_checkpoint(Path(cfg.ckpt_path))
     dataset = cfg.dataset if cfg.get("dataset") else trained.dataset
     if list(dataset.classes) != checkpoint["class_names"]:
         raise ValueError(f"{cfg.ckpt_path} was trained on classes {checkpoint['class_names']}, "
                          f"the dataset has {list(dataset.classes)}")
     context, device = init_distributed(resolve_device(cfg.device))
-    loader = build_loader(instantiate(dataset.val), batch_size=cfg.batch_size, shuffle=False,
+    val_set = instantiate(dataset.val)
+    loader = build_loader(val_set, batch_size=cfg.batch_size, shuffle=False,
                           num_workers=cfg.num_workers, seed=0, rank=context.rank, world_size=context.world_size)
     evaluator = DetectionEvaluator(class_names=list(dataset.classes),
                                    confusion_score_threshold=cfg.confusion_score_threshold)
@@ -68,10 +75,13 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
         return metrics
 
     errors = evaluator.error_breakdown()
-    log.info("%s on %s's validation split:\n%s\n%s", cfg.ckpt_path, dataset.name,
+    log.info("%s on %s's validation split, in %s:\n%s\n%s", cfg.ckpt_path, dataset.name, EVALUATION.name,
              per_class_table(metrics, list(dataset.classes)), error_table(errors, list(dataset.classes)))
     (edge.run_dir() / "metrics.json").write_text(json.dumps({**metrics, "error_breakdown": errors}, indent=2))
-    (edge.run_dir() / "detections.json").write_text(json.dumps(evaluator.detection_records()))
+    # COCO in, COCO out: a COCO file's own image and category ids (VOC splits keep their indices and labels)
+    records = evaluator.detection_records(image_ids=getattr(val_set, "image_ids", None),
+                                          category_ids=getattr(val_set, "category_ids", None))
+    (edge.run_dir() / "detections.json").write_text(json.dumps(records))
     save_error_plots(errors, edge.run_dir() / "errors", title=Path(cfg.ckpt_path).name)
     record_evaluation(cfg, trained, checkpoint, dataset.name, metrics)
     return metrics
@@ -83,16 +93,19 @@ def record_evaluation(cfg: DictConfig, trained: DictConfig, checkpoint: dict, da
     artifacts (metrics.json, detections.json, errors/) in the training run that wrote the checkpoint, when the store holds
     it and it has ended (it keeps the status it ended with); else in a run of their own named after the
     checkpoint."""
+    import edge
+
     name = Path(cfg.ckpt_path).name
     tracker = edge.build_tracker(cfg.tracking, experiment_name=edge.label_of(trained, checkpoint.get("choices", {})),
                                  run_name=f"evaluate {name}")
     training_run = checkpoint.get("tracking_run_id")
     status = tracker.run_status(training_run) if training_run else None
     if status in ("FINISHED", "FAILED", "KILLED"):
-        tracker.start(params={}, tags={}, run_id=training_run)
+        tracker.start(params={}, tags={}, run_id=training_run, spool=edge.tracking_spool(edge.run_dir()))
         log.info("results logged into the training run %s as eval/...", training_run)
     else:
-        tracker.start(params={"ckpt_path": str(cfg.ckpt_path), "dataset.name": dataset_name}, tags={"job": "evaluate"})
+        tracker.start(params={"ckpt_path": str(cfg.ckpt_path), "dataset.name": dataset_name}, tags={"job": "evaluate"},
+                      spool=edge.tracking_spool(edge.run_dir()))
         status = None
     with edge.ended_with_status(tracker):
         tracker.log_metrics({f"eval/{key.removeprefix('val/')}": value for key, value in metrics.items()},

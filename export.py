@@ -38,6 +38,7 @@ def check_images(trained: DictConfig, count: int) -> list:
 
 def run_export(cfg: DictConfig) -> Path:
     import json
+    import os
 
     import torch
 
@@ -56,14 +57,25 @@ def run_export(cfg: DictConfig) -> Path:
     # take every branch that inference takes
     example = (images[0][None] if module.batch == "1" else
                torch.randint(0, 256, (2, 3, model.image_size + 32, model.image_size + 64), dtype=torch.uint8))
-    (export_onnx if cfg.format == "onnx" else export_torchscript)(model, path, metadata=metadata, example=example)
-    log.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    # written under a name that says it is unchecked, and given its own name once the check has passed: a
+    # file at `path` is always a checked one, whatever stops the check
+    unchecked = path.with_name(f"{path.stem}.unchecked{path.suffix}")
+    (export_onnx if cfg.format == "onnx" else export_torchscript)(model, unchecked, metadata=metadata, example=example)
+    log.info("exported %s (%.1f MB)", unchecked, unchecked.stat().st_size / 1e6)
     if cfg.check:
         with torch.no_grad():
             reference = [model([image])[0] for image in images]
-        exported = ExportedDetector(path)
-        log.info("%s", check_parity(reference, [exported([image])[0] for image in images], limit=module.limit,
-                                    name=path.name))
+        exported = ExportedDetector(unchecked)
+        try:
+            log.info("%s", check_parity(reference, [exported([image])[0] for image in images], limit=module.limit,
+                                        name=path.name))
+        except ValueError:
+            unchecked.unlink()
+            raise
+    else:
+        log.warning("check=false: %s was not compared with the PyTorch model", path)
+    os.replace(unchecked, path)
+    log.info("saved %s", path)
     return path
 
 

@@ -14,7 +14,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from schema import SettingsError
+from schema import InspectDataConfig, SettingsError, check_classes, check_keys
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ def run(cfg: DictConfig) -> int:
 @hydra.main(version_base="1.3", config_path="conf", config_name="inspect_data")
 def main(cfg: DictConfig) -> None:
     try:
+        check_keys(cfg, InspectDataConfig)
+        check_classes(cfg)
         errors = run(cfg)
     except (SettingsError, FileNotFoundError, ValueError) as error:  # one line naming the file and the problem
         log.error("%s", error)

@@ -68,7 +68,8 @@ def record_run(cfg: DictConfig, run_dir: Path, summary: dict[str, float]) -> Non
 
     tracker = edge.build_tracker(cfg.tracking, experiment_name="predict", run_name=f"predict {Path(cfg.source).name}")
     tracker.start(params={"model": str(cfg.model_path or cfg.ckpt_path), "source": str(cfg.source),
-                          "score_threshold": cfg.score_threshold}, tags={"job": "predict"})
+                          "score_threshold": cfg.score_threshold}, tags={"job": "predict"},
+                  spool=edge.tracking_spool(run_dir))
     with edge.ended_with_status(tracker):
         tracker.log_metrics(summary, step=0)
         for name in ("predictions.json", "images.json", "images", f"{Path(cfg.source).stem}.mp4"):

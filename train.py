@@ -75,7 +75,7 @@ def main(cfg: DictConfig) -> float:
     try:
         check_train(cfg)
         return run_training(cfg)["val/map"]
-    except SettingsError as error:  # one line naming the key, not a traceback
+    except SettingsError as error:  # one line naming the key or the cause (EmptyEpoch too), not a traceback
         log.error("%s", error)
         sys.exit(2)
 

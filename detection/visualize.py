@@ -110,12 +110,19 @@ def save_image(image: torch.Tensor, path: Path) -> Path:
     return path
 
 
+MAX_CLASSES_DRAWN = 30  # plots that grow with the class count draw this many classes at most
+
+
 def save_precision_recall_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], aps: dict[str, float],
                                path: Path, *, title: str, class_names: Optional[Sequence[str]] = None) -> Path:
     """One precision-recall curve per class (recall, precision arrays as the evaluator ranks detections),
     labelled with its AP, written as a PNG. A class whose name the font cannot draw is labelled '#<label>'
     (its place in `class_names`), and `<path stem>.classes.txt` beside the plot says which class that is."""
     class_names = class_names or list(curves)
+    if len(curves) > MAX_CLASSES_DRAWN:  # a legend of 1,000 classes is neither readable nor cheap to draw
+        kept = sorted(curves, key=lambda name: -np.nan_to_num(aps.get(name, 0.0), nan=0.0))[:MAX_CLASSES_DRAWN]
+        curves = {name: curves[name] for name in kept}
+        title = f"{title} ({MAX_CLASSES_DRAWN} best of {len(class_names)} classes)"
     names, legend = drawable_names(class_names)
     drawn = dict(zip(class_names, names))
     if legend:
@@ -225,6 +232,11 @@ def save_error_plots(errors: dict, folder: Path, *, title: str) -> list[Path]:
     plt.close(figure)
     counts = np.asarray(errors["confusion"], dtype=np.float64)
     rows, columns = errors["confusion_labels"]["rows"], errors["confusion_labels"]["columns"]
+    if len(rows) - 1 > MAX_CLASSES_DRAWN:  # its size grows with the square of the classes: the most frequent
+        kept = np.sort(np.argsort(-counts[:-1].sum(axis=1), kind="stable")[:MAX_CLASSES_DRAWN])
+        kept = np.append(kept, len(rows) - 1)  # and background / missed
+        title = f"{title} ({MAX_CLASSES_DRAWN} of {len(rows) - 1} classes, most objects)"
+        counts, rows, columns = counts[np.ix_(kept, kept)], [rows[i] for i in kept], [columns[i] for i in kept]
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = 3 + 0.5 * len(rows)
     figure, axes = plt.subplots(figsize=(side + 1, side), dpi=100)

@@ -60,28 +60,39 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def serve_mlflow(folder: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` over the SQLite store `folder/server.db` (artifacts in
+    `folder/artifacts`), answering when this returns; the caller stops it (`stop_server`)."""
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{folder}/server.db",
+                               "--default-artifact-root", str(folder / "artifacts")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return server
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                stop_server(server)
+                raise AssertionError("mlflow server did not start")
+            time.sleep(0.5)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Kills a server started by `serve_mlflow` with its process group, as a crash would."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on a free loopback port with a temporary SQLite store; always stopped."""
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-                               "--default-artifact-root", str(tmp_path / "artifacts")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    server = serve_mlflow(tmp_path, port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError("mlflow server did not start")
-                time.sleep(0.5)
-        yield uri, server
+        yield f"http://127.0.0.1:{port}", server
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+        stop_server(server)

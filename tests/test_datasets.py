@@ -225,6 +225,9 @@ def test_train_and_evaluate_on_coco_json_data(tmp_path, coco_folder):
     assert {"val/map", "val/map50_voc", "val/map50_95", "val/map50_coco", "val/map75", "val/map50_95_small",
             "val_class/ap50_95/dog", "val_class/ap50_voc07/dog"} <= set(metrics)
     assert "COCO AP" in result.stdout and "person" in result.stdout
+    detections = json.loads((evaluation / "run" / "detections.json").read_text())
+    # the file's own ids, so that pycocotools takes the results as they are
+    assert {d["image_id"] for d in detections} <= {10, 20, 30} and {d["category_id"] for d in detections} <= {1, 18}
 
 
 @pytest.mark.slow

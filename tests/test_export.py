@@ -5,8 +5,10 @@ class names and contract, which MLflow's pyfunc model (ContractModel) shares; ex
 writes and refuses what it cannot do; predict.py runs an export."""
 
 import json
+import re
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -105,6 +107,13 @@ def test_export_py_checks_its_file_and_the_export_scores_the_models_map(tmp_path
         assert result.returncode == 0, output
         assert f"{name}: " in output and " detections match the PyTorch model's" in output
         assert export_format == "torchscript" or "Warning" not in output  # torch.jit warns it is deprecated
+    assert not list((tmp_path / "run").glob("*.unchecked.*"))  # written aside, renamed once checked
+    broken = onnx.load(tmp_path / "run" / "model.onnx")
+    next(p for p in broken.metadata_props if p.key == "class_names").value = '"person"'
+    onnx.save(broken, tmp_path / "broken.onnx")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'broken.onnx'}: its metadata's class_names "
+                                                   "'\"person\"' is not a JSON list")):
+        ExportedDetector(tmp_path / "broken.onnx")
 
     model, trained, _ = model_from_checkpoint(checkpoint)
     val_set = instantiate(trained.dataset.val)

@@ -2,6 +2,7 @@
 and no checkpoint is lost. (Checkpoint writes, a dying tracking server and bad overrides are in
 test_loop.py, test_reliability.py and test_config.py, under the same marker.)"""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_script
+from detection.data.audit import audit_split
 from detection.data.loader import build_loader
 from detection.data.shapes import generate_shapes
 from detection.data.samples import collate_detection
@@ -145,3 +148,67 @@ def test_skipped_samples_are_counted_through_the_loader_and_evaluation(voc, comp
     metrics = evaluate(model, loader, DetectionEvaluator(class_names=CLASSES), device=torch.device("cpu"),
                        progress=False)
     assert metrics["skipped_samples"] == 3
+
+
+def test_a_sample_is_its_ids_image_whatever_its_xml_filename_names(voc):
+    first, second = (voc / "ImageSets" / "Main" / "train.txt").read_text().split()[:2]
+    xml = voc / "Annotations" / f"{first}.xml"
+    text = xml.read_text()
+    xml.write_text(text.replace("</annotation>", f"<filename>{second}.jpg</filename></annotation>")
+                   if "<filename>" not in text else re.sub(r"<filename>[^<]*</filename>",
+                                                            f"<filename>{second}.jpg</filename>", text))
+    data = dataset(voc)
+    assert data.annotations[0].image_path.name == f"{first}.jpg"
+    assert data.fixes["XML <filename>s naming another image (the id's is read)"] == 1
+    audit = audit_split(voc, "train", CLASSES)
+    assert audit.problems["<filename> names another image"] == [
+        f"{xml}: <filename> {second}.jpg, but the image of {first} is {first}.jpg (read)"]
+
+
+@pytest.mark.parametrize("size, named", [("<width>inf</width><height>64</height>", "<size><width> is 'inf'"),
+                                         ("<width>abc</width><height>64</height>", "<size><width> is 'abc'"),
+                                         ("<width>64</width><height>-3</height>", "<size><height> is '-3'")])
+def test_a_size_that_is_not_a_pixel_count_is_an_error_naming_the_file_or_a_counted_skip(voc, size, named):
+    image_id = first_id(voc)
+    set_xml(voc, image_id, box("star", 5, 5, 20, 20))
+    xml = voc / "Annotations" / f"{image_id}.xml"
+    xml.write_text(xml.read_text().replace("<width>64</width><height>64</height>", size))
+    with pytest.raises(ValueError, match=re.escape(f"{xml}: {named}")):
+        dataset(voc)
+    assert dataset(voc, on_bad_sample="skip").fixes["skipped samples"] == 1
+
+
+def test_a_coordinate_that_is_not_finite_is_an_error_naming_the_file_and_object(voc):
+    image_id = first_id(voc)
+    set_xml(voc, image_id, box("star", 5, 5, 20, 20) + box("ellipse", 1, "nan", 9, 9))
+    with pytest.raises(ValueError, match=re.escape(f"{image_id}.xml: object 2 ('ellipse') has bndbox [1.0, nan")):
+        dataset(voc)
+
+
+def test_a_utf16_split_file_reads_as_utf8_and_other_bytes_are_named(voc):
+    split = voc / "ImageSets" / "Main" / "train.txt"
+    ids = split.read_text().split()
+    split.write_text("\r\n".join(ids), encoding="utf-16")
+    assert [a.image_path.stem for a in dataset(voc).annotations] == ids
+    split.write_bytes(b"\xff\xfe\xff" + bytes(range(128, 256)))
+    with pytest.raises(ValueError, match=re.escape(f"{split}: neither UTF-8 nor UTF-16 text")):
+        dataset(voc)
+    split.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ValueError, match=re.escape(f"{split}: neither UTF-8 nor UTF-16 text")):
+        dataset(voc)
+
+
+def test_class_names_twice_are_refused(voc):
+    with pytest.raises(ValueError, match=re.escape("dataset.classes lists ['star'] more than once")):
+        VOCDetection(root=str(voc), split="train", class_names=[*CLASSES, "star"])
+
+
+@pytest.mark.slow
+def test_a_run_whose_every_training_image_is_unreadable_stops_with_one_line(voc, tmp_path):
+    for image_id in (voc / "ImageSets" / "Main" / "train.txt").read_text().split():
+        (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(b"")
+    result = run_script("train.py", "debug=smoke", "backbone=resnet18", "anchors=shapes128", "dataset=voc_layout",
+                        f"dataset.root={voc}", f"dataset.classes=[{','.join(CLASSES)}]", "dataset.val_split=train",
+                        "dataset.on_bad_sample=skip", "tracking=none", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "epoch 1 made no training step" in output and "Traceback" not in output, output

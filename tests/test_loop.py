@@ -59,7 +59,7 @@ def run_fit(model, loader, val_loader, classes, folder, settings, *, precision=F
     state = TrainingState(TrainStep(model, optimizer, scheduler, device=device, precision=precision), extras=extras)
     hooks = [MetricLogger(NullTracker(), every=settings.log_every),
              Validation(val_loader, DetectionEvaluator(class_names=classes), NullTracker(), device=device,
-                        precision=precision, progress=False)]
+                        progress=False)]
     return fit(state, loader, settings, hooks=hooks, checkpoints=Checkpoints(folder, every=every, keep_last=keep_last))
 
 

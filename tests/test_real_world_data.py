@@ -19,7 +19,7 @@ from detection.data.coco import COCODetection
 from detection.data.samples import read_pixels
 from detection.data.voc import VOCDetection
 from detection.evaluation import DetectionEvaluator
-from detection.tracking import metric_names
+from detection.tracking import MlflowKeys
 from detection.visualize import draw_detections, drawable_names, save_precision_recall_plot
 
 pytestmark = pytest.mark.faults
@@ -254,7 +254,7 @@ def test_the_ssd_augmentation_runs_on_a_rotated_photo(bccd, compose_train):
 
 
 def test_class_names_in_any_script_get_unique_readable_metric_keys():
-    names = metric_names(["val/ap/猫", "val/ap/犬", "val/ap/café", "val/ap/traffic light", "val/ap/a+b",
+    names = MlflowKeys()(["val/ap/猫", "val/ap/犬", "val/ap/café", "val/ap/traffic light", "val/ap/a+b",
                           "val/ap/a#b", "val/map"])
     assert names["val/ap/猫"] == "val/ap/猫" and names["val/ap/犬"] == "val/ap/犬"
     assert names["val/ap/café"] == "val/ap/café" and names["val/ap/traffic light"] == "val/ap/traffic light"

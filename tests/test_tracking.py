@@ -1,6 +1,7 @@
 """Experiment tracking against a real `mlflow server` (loopback, temporary SQLite store and artifact folder):
 what a run logs, sweeps as parent and child runs, an Optuna search, and a server that is not there."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,9 +12,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, SMALL_SHAPES, free_port, run_script
-from detection.tracking import (MAX_PARAM_LENGTH, MlflowTracker, StoreUnreachable, _param_value, flatten,
-                                metric_names)
+from conftest import REPO, SMALL_SHAPES, free_port, run_script, serve_mlflow, stop_server
+from detection.tracking import (MAX_PARAM_LENGTH, MlflowKeys, MlflowTracker, Outbox, StoreUnreachable, _param_value,
+                                flatten)
 
 SMOKE = ["debug=smoke", "backbone=resnet18", "anchors=shapes128", *SMALL_SHAPES, "tracking.system_metrics_interval=1"]
 QUICK_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -33,7 +34,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> list[st
 def test_names_and_params_follow_mlflows_rules():
     assert flatten({"optimizer": {"lr": 0.1, "betas": [0.9, 0.99]}, "seed": 0}) == \
         {"optimizer.lr": 0.1, "optimizer.betas": [0.9, 0.99], "seed": 0}
-    assert metric_names(["val/ap/traffic light", "val/ap/traffic+light#1"]) == \
+    assert MlflowKeys()(["val/ap/traffic light", "val/ap/traffic+light#1"]) == \
         {"val/ap/traffic light": "val/ap/traffic light", "val/ap/traffic+light#1": "val/ap/traffic_light_1"}
     cut = _param_value("x" * 10_000)
     assert len(cut) == MAX_PARAM_LENGTH and cut.endswith("...[cut]")
@@ -229,3 +230,71 @@ def test_starting_a_run_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
     assert "MLFLOW_TRACKING_URI" not in os.environ
     [run] = all_runs(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"))
     assert run.info.status == "FINISHED" and run.data.params == {"optimizer.lr": "0.1"}
+
+
+def test_keys_mlflow_would_refuse_are_renamed_recorded_and_every_value_arrives(tmp_path, caplog):
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = MlflowTracker(uri=store, experiment_name="e", run_name="r", system_metrics=False)
+    tracker.start(params={"dataset.classes": "/m/01g317"}, tags={}, spool=tmp_path / "spool.jsonl")
+    odd = ["val_class/ap50_voc07//m/01g317", "val_class/ap50_voc07/a//b", "val_class/ap50_voc07/cat/",
+           "val_class/ap50_voc07/..", "val_class/ap50_voc07/a+b", "val_class/ap50_voc07/a#b"]
+    for step in (1, 2):
+        tracker.log_metrics({"val/map": step / 10, **{key: 0.5 for key in odd}}, step=step)
+    with caplog.at_level("INFO"):
+        tracker.end()
+    client = MlflowClient(store)
+    [run] = all_runs(client)
+    renamed = json.loads(run.data.tags["renamed_keys"])
+    assert sorted(renamed) == sorted(odd) and len(set(renamed.values())) == len(odd)
+    assert renamed["val_class/ap50_voc07//m/01g317"] == "val_class/ap50_voc07/_/m/01g317"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "val/map")] == [0.1, 0.2]
+    assert all(len(client.get_metric_history(run.info.run_id, name)) == 2 for name in renamed.values())
+    assert run.info.status == "FINISHED" and "refused" not in caplog.text and not (tmp_path / "spool.jsonl").exists()
+
+
+def test_a_refused_record_is_that_records_problem_and_the_outbox_goes_on(tmp_path):
+    received = []
+
+    def send(record):
+        if record["kind"] == "tag":
+            raise ValueError("refused")
+        received.append(record["step"])
+
+    outbox = Outbox(send, refused=lambda error: isinstance(error, ValueError), spool=tmp_path / "spool", where="s")
+    for step in range(3):
+        outbox.put({"kind": "metrics", "step": step, "metrics": {"a": 1.0}})
+        outbox.put({"kind": "tag", "key": "k", "value": "v"})
+    outbox.close()
+    assert received == [0, 1, 2] and outbox.counts["refused"] == {"tag": 3} and outbox.down is None
+    assert not (tmp_path / "spool").exists()
+
+
+@pytest.mark.slow
+def test_a_store_outage_of_20_s_loses_no_value(tmp_path, mlflow_server, monkeypatch):
+    uri, server = mlflow_server
+    for name, value in QUICK_RETRIES.items():
+        monkeypatch.setenv(name, value)
+    tracker = MlflowTracker(uri=uri, experiment_name="e", run_name="r", system_metrics=False)
+    spool = tmp_path / "spool.jsonl"
+    run_id = tracker.start(params={}, tags={}, spool=spool)
+    steps = iter(range(1, 1000))
+
+    def log_for(seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            tracker.log_metrics({"val/map": 0.5}, step=next(steps))
+            time.sleep(0.5)
+
+    log_for(2)
+    stop_server(server)
+    log_for(20)
+    assert spool.is_file()  # what the store did not take is kept on disk meanwhile
+    server = serve_mlflow(tmp_path, int(uri.rsplit(":", 1)[1]))
+    try:
+        log_for(8)  # past the outbox's next retry
+        tracker.end()
+        logged = [m.step for m in MlflowClient(uri).get_metric_history(run_id, "val/map")]
+        assert logged == list(range(1, next(steps))) and not spool.exists()
+        assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+    finally:
+        stop_server(server)

@@ -2,6 +2,7 @@
 
 import json
 
+import mlflow
 import pytest
 import torch
 
@@ -25,8 +26,6 @@ def test_smoke_training_writes_a_checkpoint_and_logs_to_mlflow(tmp_path, shapes_
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert checkpoint["epoch"] == 1 and checkpoint["step"] == 2
     assert checkpoint["class_names"] == ["ellipse", "rectangle", "triangle", "star"]
-    import mlflow
-
     runs = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(
         [e.experiment_id for e in mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_experiments()])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
@@ -46,7 +45,8 @@ def test_resume_continues_at_the_next_epoch_and_step(tmp_path, shapes_root):
 
 
 def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):
-    train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128")
+    # trained in bf16 (emulated where the CPU has no native bf16): validation still gives evaluate.py's numbers
+    train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128", "trainer.amp=bf16")
     eval_dir = tmp_path / "eval"
     eval_dir.mkdir()
     result = run_script("evaluate.py", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.pt'}", cwd=eval_dir,
@@ -56,10 +56,11 @@ def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):
     assert "VOC07 AP50" in output and "COCO AP" in output and "ellipse" in output and "localisation" in output
     metrics = json.loads((eval_dir / "run" / "metrics.json").read_text())
     assert 0.0 <= metrics["val/map"] <= 1.0 and "missed" in metrics["error_breakdown"]["counts"]
+    validated = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["metrics"]
+    assert metrics["val/errors/background_count"] > 0  # the same detections, not only the same empty mAP
+    assert {key: metrics[key] for key in validated} == pytest.approx(validated, nan_ok=True)
     assert "VOC07 AP50" in (eval_dir / "run" / "evaluate.log").read_text()  # the log holds what it printed
     # the results go into the training run that wrote the checkpoint, at its step
-    import mlflow
-
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.run_id == torch.load(tmp_path / "run" / "checkpoints" / "last.pt",
@@ -92,3 +93,26 @@ def test_resume_refuses_an_override_that_changes_the_trained_configuration(tmp_p
                         f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.pt'}", "tracking=none", cwd=other)
     assert result.returncode != 0
     assert "was trained with backbone=resnet18, but the command asks for backbone=vgg16" in result.stdout
+
+
+def test_a_resume_whose_run_is_not_in_the_store_goes_on_in_a_new_linked_run(tmp_path, shapes_root):
+    train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128")
+    first = tmp_path / "run" / "checkpoints" / "last.pt"
+    original = load_checkpoint(first)["tracking_run_id"]
+    (tmp_path / "mlflow.db").unlink()  # the store re-created (or the checkpoint taken to another machine)
+    for name, tracking in (("same_uri", ["tracking.log_model=false"]),
+                           ("new_uri", ["tracking.log_model=false", f"tracking.uri=sqlite:///{tmp_path}/other.db"]),
+                           ("untracked", ["tracking=none"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        result = run_script("train.py", f"ckpt_path={first}", "trainer.max_epochs=2", *tracking, cwd=folder)
+        assert result.returncode == 0, result.stdout + result.stderr
+        resumed = load_checkpoint(folder / "run" / "checkpoints" / "last.pt")
+        assert resumed["epoch"] == 2 and resumed["step"] == 4
+        if name == "untracked":
+            assert resumed["tracking_run_id"] is None
+            continue
+        client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/{'mlflow' if name == 'same_uri' else 'other'}.db")
+        [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert run.info.run_id == resumed["tracking_run_id"] != original and run.info.status == "FINISHED"
+        assert run.data.tags["resumed_from_run_id"] == original and "val/map" in run.data.metrics

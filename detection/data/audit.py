@@ -12,11 +12,11 @@ from typing import Sequence
 import numpy as np
 
 from detection.data.samples import image_header
-from detection.data.voc import find_image, parse_voc_xml, split_ids
+from detection.data.voc import find_image, names_another_file, parse_voc_xml, split_ids
 
 ERRORS = ("missing or unreadable image", "unreadable annotation", "size disagrees with the image", "unknown class",
           "zero-area box", "duplicate box")
-WARNINGS = ("box outside the image", "tiny box", "image without objects")
+WARNINGS = ("box outside the image", "tiny box", "image without objects", "<filename> names another image")
 TINY = 2.0  # pixels: a box with a side under it is more likely a stray click than an object
 
 
@@ -45,8 +45,11 @@ def audit_image(root: Path, image_id: str, class_names: Sequence[str], audit: Sp
         audit.problems["unknown class"].append(f"{xml_path}: unknown class {', '.join(map(repr, unknown))} "
                                                f"(expected one of {list(class_names)})")
     try:
-        image_path = find_image(root, image_id, filename, xml_path)
+        image_path = find_image(root, image_id, xml_path)
         size, _ = image_header(image_path)
+        if names_another_file(image_id, filename):
+            audit.problems["<filename> names another image"].append(
+                f"{xml_path}: <filename> {filename}, but the image of {image_id} is {image_path.name} (read)")
     except (OSError, ValueError) as error:
         audit.problems["missing or unreadable image"].append(str(error))
         size = objects.size

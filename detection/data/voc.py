@@ -1,7 +1,9 @@
 """Datasets in the PASCAL VOC layout: JPEGImages/, Annotations/*.xml, ImageSets/Main/<split>.txt and,
 for instance masks, SegmentationObject/*.png."""
 
+import codecs
 import logging
+import math
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import replace
@@ -12,12 +14,13 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from detection.data.classes import checked_class_names
 from detection.data.samples import MAX_IMAGE_PIXELS, AnnotatedImages, Annotation, clip_to_image, image_header, read_mask
 
 log = logging.getLogger(__name__)
 
 VOID_INDEX = 255  # SegmentationObject's border / ignore value
-# looked for, after the XML's <filename>, as <id><suffix>: the formats the decoder reads
+# a sample's image is JPEGImages/<id><suffix> (as the VOC devkit reads it), in the formats the decoder reads
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".JPG", ".JPEG", ".PNG")
 DIFFICULT = {"0": False, "1": True, "false": False, "true": True}
 
@@ -60,9 +63,12 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str], *, ignore_unknown:
             raise ValueError(f"{xml_path}: unknown class {name!r} (expected one of {list(class_names)})")
         box = obj.find("bndbox")
         try:
-            xmin, ymin, xmax, ymax = (float(box.findtext(key)) for key in ("xmin", "ymin", "xmax", "ymax"))
+            xmin, ymin, xmax, ymax = coordinates = [float(box.findtext(key)) for key in ("xmin", "ymin", "xmax", "ymax")]
         except (AttributeError, TypeError, ValueError):
             raise ValueError(f"{xml_path}: object {position} ({name!r}) has no valid bndbox") from None
+        if not all(math.isfinite(value) for value in coordinates):
+            raise ValueError(f"{xml_path}: object {position} ({name!r}) has bndbox {coordinates}; coordinates must "
+                             f"be finite numbers")
         flag = (obj.findtext("difficult") or "0").strip().lower()
         if flag not in DIFFICULT:
             raise ValueError(f"{xml_path}: object {position} ({name!r}) has difficult={flag!r}; expected 0, 1, "
@@ -71,20 +77,46 @@ def parse_voc_xml(xml_path: Path, class_names: Sequence[str], *, ignore_unknown:
         labels.append(class_names.index(name) + 1)
         difficult.append(DIFFICULT[flag])
         positions.append(position)
-    width, height = (int(float(root.findtext(f"size/{key}", "0") or 0)) for key in ("width", "height"))
     objects = Annotation(xml_path, None, np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                          np.asarray(labels, dtype=np.int64), np.asarray(difficult, dtype=bool),
-                         np.asarray(positions, dtype=np.int64), (width, height) if width > 0 and height > 0 else None)
+                         np.asarray(positions, dtype=np.int64), image_size(root, xml_path))
     return VOCFile(objects, (root.findtext("filename") or "").strip() or None, tuple(unknown))
 
 
+def image_size(root: ET.Element, xml_path: Path) -> Optional[tuple[int, int]]:
+    """The (width, height) an annotation's <size> gives, None when it gives none (or zeros); a value that is
+    not a whole number of pixels ('abc', 'inf', '-3', '2.5') is a ValueError naming the file."""
+    size = []
+    for key in ("width", "height"):
+        text = (root.findtext(f"size/{key}") or "0").strip()
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0 and value == int(value)):
+            raise ValueError(f"{xml_path}: <size><{key}> is {text!r}; expected a whole number of pixels")
+        size.append(int(value))
+    return (size[0], size[1]) if all(size) else None
+
+
+def read_listing(path: Path) -> str:
+    """A text file as an editor saved it: UTF-16 (by its byte-order mark) or UTF-8 (a BOM or none); other
+    bytes are a ValueError naming the file."""
+    data = path.read_bytes()
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    try:
+        return data.decode("utf-16" if utf16 else "utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: neither UTF-8 nor UTF-16 text ({error}); save it as UTF-8") from None
+
+
 def split_ids(split_file: Path) -> list[str]:
-    """The image ids a split file lists (a UTF-8 BOM and CRLF line ends are fine; an id is its whole line);
+    """The image ids a split file lists (UTF-8 or UTF-16 by its BOM, CRLF line ends are fine; an id is its whole line);
     a missing or empty file, or an id listed twice, is an error naming the file."""
     if not split_file.is_file():
         raise FileNotFoundError(f"{split_file}: split file not found (expected a VOC layout: "
                                 f"ImageSets/<image set>/<split>.txt listing image ids)")
-    ids = [line.strip() for line in split_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    ids = [line.strip() for line in read_listing(split_file).splitlines() if line.strip()]
     if not ids:
         raise ValueError(f"{split_file}: the split lists no images")
     repeated = sorted(image_id for image_id, count in Counter(ids).items() if count > 1)
@@ -94,16 +126,21 @@ def split_ids(split_file: Path) -> list[str]:
     return ids
 
 
-def find_image(root: Path, image_id: str, filename: Optional[str], xml_path: Path) -> Path:
-    """root/JPEGImages/<the XML's filename>, else root/JPEGImages/<id> with the first image extension found."""
+def find_image(root: Path, image_id: str, xml_path: Path) -> Path:
+    """root/JPEGImages/<id> with the first image extension found: a sample's image is its id's, as the VOC
+    devkit reads it, whatever the XML's <filename> says (see `names_another_file`)."""
     folder = root / "JPEGImages"
-    names = [Path(filename).name] if filename else []
-    names += [f"{image_id}{suffix}" for suffix in IMAGE_SUFFIXES]
-    for name in names:
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(f"{xml_path}: its image {folder / names[0]} does not exist (nor {image_id} with "
-                            f"another image extension)")
+    for suffix in IMAGE_SUFFIXES:
+        if (folder / f"{image_id}{suffix}").is_file():
+            return folder / f"{image_id}{suffix}"
+    raise FileNotFoundError(f"{xml_path}: its image {folder / image_id}{IMAGE_SUFFIXES[0]} does not exist (nor "
+                            f"{image_id} with another image extension)")
+
+
+def names_another_file(image_id: str, filename: Optional[str]) -> bool:
+    """Whether an XML's <filename> names another image than its id's (a copied or renamed annotation: its
+    boxes may belong to that other image)."""
+    return filename is not None and Path(filename).stem != image_id
 
 
 class VOCDetection(AnnotatedImages):
@@ -124,8 +161,9 @@ class VOCDetection(AnnotatedImages):
         max_image_pixels: larger images are bad samples (None: no limit).
 
     The split file may come from any editor (a UTF-8 BOM and CRLF line ends are fine; an id is its whole
-    line, spaces included); an id listed twice is an error naming the file. The image is the XML's
-    <filename> in JPEGImages/, else <id> with any extension the decoder reads. Images are read upright (EXIF
+    line, spaces included); an id listed twice is an error naming the file. The image is JPEGImages/<id>
+    with any extension the decoder reads, as the devkit reads it; an XML <filename> naming another image is
+    logged and counted. Images are read upright (EXIF
     orientation applied, counted in `fixes`), and the upright size must be the XML's <size>: a mismatch is
     a bad sample naming both. Boxes outside the image are clipped to it, and boxes left empty are dropped;
     both are counted in `fixes` and logged. Images without objects stay, as negatives.
@@ -138,7 +176,7 @@ class VOCDetection(AnnotatedImages):
         super().__init__(transforms=transforms, with_masks=with_masks, on_bad_sample=on_bad_sample,
                          max_image_pixels=max_image_pixels)
         self.root = Path(root).expanduser()
-        self.class_names = tuple(class_names)
+        self.class_names = checked_class_names(class_names)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: dataset root not found (expected Annotations/, JPEGImages/ "
                                     f"and ImageSets/Main/ there)")
@@ -152,7 +190,10 @@ class VOCDetection(AnnotatedImages):
         xml_path = self.root / "Annotations" / f"{image_id}.xml"
         objects, filename, unknown = parse_voc_xml(xml_path, self.class_names, ignore_unknown=ignore_unknown)
         self.fixes["ignored unknown-class objects"] += len(unknown)
-        image_path = find_image(self.root, image_id, filename, xml_path)
+        image_path = find_image(self.root, image_id, xml_path)
+        if names_another_file(image_id, filename):
+            log.warning("%s: <filename> %s is not the id's image; %s is read", xml_path, filename, image_path.name)
+            self.fixes["XML <filename>s naming another image (the id's is read)"] += 1
         try:
             size, orientation = image_header(image_path, self.max_image_pixels)
         except ValueError:  # unreadable or too large: reported (or skipped) when the sample is read

@@ -12,7 +12,7 @@ from detection.engine.artifacts import DebugArtifacts
 from detection.engine.checkpoint import CheckpointKeeper
 from detection.engine.distributed import gather_to_all
 from detection.engine.inference import evaluate
-from detection.engine.precision import FP32, Precision
+from detection.engine.precision import EVALUATION
 from detection.engine.state import TrainingState
 from detection.engine.step import StepOutcome
 from detection.evaluation import DetectionEvaluator, validation_metrics
@@ -119,21 +119,22 @@ class DebugImages(Hook):
 
 class Validation(Hook):
     """After each epoch: the model over `loader`, its metrics logged (`val/...`, see validation_metrics)
-    and recorded in the state, and (with `artifacts`) a drawn validation image and the PR curves."""
+    and recorded in the state, and (with `artifacts`) a drawn validation image and the PR curves. It runs in
+    the precision evaluate.py runs in (EVALUATION, fp32), whatever the training's: one number per checkpoint."""
 
     def __init__(self, loader: Iterable, evaluator: DetectionEvaluator, tracker: Tracker, *, device: torch.device,
-                 precision: Precision = FP32, progress: bool = True, artifacts: Optional[DebugArtifacts] = None):
+                 progress: bool = True, artifacts: Optional[DebugArtifacts] = None):
         self.loader, self.evaluator, self.tracker = loader, evaluator, tracker
-        self.device, self.precision, self.progress, self.artifacts = device, precision, progress, artifacts
+        self.device, self.progress, self.artifacts = device, progress, artifacts
 
     def after_epoch(self, state: TrainingState) -> None:
         model = state.train_step.model
         metrics = validation_metrics(evaluate(model, self.loader, self.evaluator, device=self.device,
-                                              precision=self.precision, progress=self.progress))
+                                              precision=EVALUATION, progress=self.progress))
         self.tracker.log_metrics({**metrics, "epoch": state.epoch}, step=state.step)
         if self.artifacts is not None:
             self.artifacts.validation(model, state.step, state.epoch, self.loader.dataset, self.evaluator, metrics)
-        log.info("epoch %d: val/map %.4f", state.epoch, metrics["val/map"])
+        log.info("epoch %d: val/map %.4f (%s)", state.epoch, metrics["val/map"], EVALUATION.name)
         state.validated(metrics)
 
 

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from detection.engine.device import to_device
 from detection.engine.distributed import gather_to_all
-from detection.engine.precision import FP32, Precision
+from detection.engine.precision import EVALUATION, Precision
 from detection.evaluation import DetectionEvaluator
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, evaluator: DetectionEvaluator, *, device: torch.device,
-             precision: Precision = FP32, progress: bool = True) -> dict[str, float]:
+             precision: Precision = EVALUATION, progress: bool = True) -> dict[str, float]:
     """Runs the model in eval mode over `loader` (this rank's share of the split) and returns the
     evaluator's metrics over the whole split (`map`, `ap/<class>`, ...; see DetectionEvaluator) and
     `skipped_samples`: the records of all ranks are gathered in image_id order, so every rank gets exactly

@@ -3,6 +3,7 @@ in one screen; the step is `TrainStep`, the position and checkpoint contents `Tr
 happens around the steps (metrics, debug images, validation, checkpoints) the hooks."""
 
 import logging
+import shlex
 import signal
 import threading
 import time
@@ -13,7 +14,7 @@ from tqdm import tqdm
 
 from detection.data.loader import TrainingLoader
 from detection.engine.hooks import Checkpoints, Hook
-from detection.engine.settings import TrainerSettings
+from detection.engine.settings import SettingsError, TrainerSettings
 from detection.engine.state import TrainingState
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,12 @@ class TrainingInterrupted(Exception):
         self.signal_number = signal_number
         self.checkpoint = checkpoint
         super().__init__(f"{signal.Signals(signal_number).name} received: stopped after a checkpoint; resume with "
-                         f"python train.py ckpt_path={checkpoint}")
+                         f"python train.py {shlex.quote(f'ckpt_path={checkpoint}')}")
+
+
+class EmptyEpoch(SettingsError):
+    """An epoch made no training step: a run that learns nothing must not end as if it had trained (a
+    SettingsError: the data given cannot train, and the entry point says so in one line)."""
 
 
 class StopOnSignal:
@@ -78,7 +84,8 @@ def fit(state: TrainingState, loader: TrainingLoader, settings: TrainerSettings,
     """Trains from where `state` stands (restored from a checkpoint, or new) to `settings.max_epochs`,
     calling the hooks, then `checkpoints`, around each step and after each epoch. A resumed run continues
     exactly as the uninterrupted one would have. SIGINT, SIGTERM or SIGUSR2 finish the current step,
-    checkpoint and raise TrainingInterrupted; too many non-finite losses in a row raise NonFiniteLossError.
+    checkpoint and raise TrainingInterrupted; too many non-finite losses in a row raise NonFiniteLossError, and
+    an epoch that makes no step at all EmptyEpoch.
 
     Returns:
         the last validation metrics (`val/map`, ...).
@@ -91,6 +98,7 @@ def fit(state: TrainingState, loader: TrainingLoader, settings: TrainerSettings,
                        f"{settings.max_epochs}", disable=not settings.progress, dynamic_ncols=True)
             for hook in hooks:
                 hook.before_epoch(state, bar)
+            whole_epoch, steps_before = state.batches_done == 0, state.step
             for images, targets, skipped in timed(bar, state):
                 batch = (*state.train_step.on_device(images, targets), skipped)
                 outcome = state.train_step(*batch[:2], stop_requested=stop.requested)
@@ -100,6 +108,10 @@ def fit(state: TrainingState, loader: TrainingLoader, settings: TrainerSettings,
                     hook.after_step(state, outcome, batch)
                 if outcome.stop:
                     raise TrainingInterrupted(stop.signal_number or signal.SIGTERM, checkpoints.save(state))
+            if whole_epoch and state.step == steps_before:
+                raise EmptyEpoch(f"epoch {epoch + 1} made no training step: every sample was skipped as unreadable "
+                                 f"(dataset.on_bad_sample=skip) or every loss was non-finite; check the training "
+                                 f"split with python -m detection.data.inspect")
             state.epoch, state.batches_done = epoch + 1, 0
             for hook in hooks:
                 hook.after_epoch(state)

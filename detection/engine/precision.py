@@ -38,6 +38,9 @@ class Precision:
 
 
 FP32 = Precision(None, "trainer.amp=false")
+# training's validation and evaluate.py compute in it: one number per checkpoint, whatever trainer.amp
+EVALUATION = Precision(None, "evaluation is fp32 whatever trainer.amp: training's validation and evaluate.py "
+                             "give the same number for the same weights")
 
 
 def cpu_native_bf16() -> tuple[bool, str]:

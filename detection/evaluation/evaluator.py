@@ -1,7 +1,7 @@
 """Collects predictions and ground truth over a split and computes detection metrics."""
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -91,13 +91,22 @@ class DetectionEvaluator:
             self._breakdown = breakdown(result, detections, objects, list(self.class_names))
         return self._breakdown
 
-    def detection_records(self) -> list[dict[str, Any]]:
+    def detection_records(self, *, image_ids: Optional[Sequence[int]] = None,
+                          category_ids: Optional[Mapping[int, int]] = None) -> list[dict[str, Any]]:
         """Every detection evaluated as a COCO result (image_id, category_id and category_name, bbox
-        [x, y, width, height] pixels, score; 'segmentation' RLE where masks were kept), loadRes-ready."""
+        [x, y, width, height] pixels, score; 'segmentation' RLE where masks were kept), loadRes-ready.
+
+        Args:
+            image_ids: the dataset file's id of each split index (a COCO file's `images[].id`); None keeps
+                the split index.
+            category_ids: the file's category id of each label 1..K; None keeps the label."""
         detections, _ = self._concatenated()
         records = coco_results(detections, "segm" if "masks" in detections else "bbox")
         for record in records:
-            record["category_name"] = self.class_names[record["category_id"] - 1]
+            label = record["category_id"]
+            record["category_name"] = self.class_names[label - 1]
+            record["image_id"] = int(image_ids[record["image_id"]]) if image_ids is not None else record["image_id"]
+            record["category_id"] = int(category_ids[label]) if category_ids is not None else label
         return records
 
     def precision_recall(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -180,6 +180,21 @@ class ContractModel:
         return {name: output.numpy() for name, output in zip(self.outputs, outputs)}
 
 
+def metadata_class_names(metadata: dict[str, str], path: Path) -> list[str]:
+    """The class names an exported file's metadata holds (a JSON list of strings, as export.py writes it);
+    anything else is a ValueError naming the file."""
+    if "class_names" not in metadata:
+        raise ValueError(f"{path}: not exported by export.py (no class_names in its metadata)")
+    try:
+        names = json.loads(metadata["class_names"])
+    except json.JSONDecodeError:
+        names = None
+    if not (isinstance(names, list) and names and all(isinstance(name, str) and name for name in names)):
+        raise ValueError(f"{path}: its metadata's class_names {metadata['class_names'][:200]!r} is not a JSON "
+                         f"list of class names (export.py writes one)")
+    return names
+
+
 class ExportedDetector:
     """An exported file (.onnx through onnxruntime, .pt/.ts TorchScript) called with torchvision's contract:
     a list of uint8 [3, H, W] images in, per image {'boxes', 'labels', 'scores'(, 'masks' [D, 1, H, W])}
@@ -202,9 +217,7 @@ class ExportedDetector:
                 warnings.filterwarnings("ignore", TORCHSCRIPT_DEPRECATED, FutureWarning)
                 self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files)
             self.metadata = json.loads(files["metadata.json"] or "{}")
-        if "class_names" not in self.metadata:
-            raise ValueError(f"{self.path}: not exported by export.py (no class_names in its metadata)")
-        self.class_names = json.loads(self.metadata["class_names"])
+        self.class_names = metadata_class_names(self.metadata, self.path)
         self.one_image_a_call = self.metadata.get("batch") == "1"
 
     def run(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -167,10 +167,14 @@ class SSD(nn.Module):
     @torch.no_grad()
     def postprocess(self, loc: torch.Tensor, cls: torch.Tensor,
                     image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
-        """Each image's detections (see `padded_detections`), in its own pixels. One host read."""
+        """Each image's detections (see `padded_detections`), in its own pixels, computed in fp32 whatever
+        autocast the network ran under (decoding and NMS in half precision move boxes and reorder ties). One
+        host read."""
         scale = loc.new_tensor([[width / self.image_size, height / self.image_size] * 2
                                 for height, width in image_sizes]).float()
-        return per_image(*self.padded_detections(loc, cls, scale, dense=self.dense_nms(loc.device)))
+        with torch.autocast(loc.device.type, enabled=False):
+            return per_image(*self.padded_detections(loc.float(), cls.float(), scale,
+                                                     dense=self.dense_nms(loc.device)))
 
     def padded_detections(self, loc: torch.Tensor, cls: torch.Tensor, scale: torch.Tensor, *, dense: bool
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
