@@ -76,6 +76,17 @@ def test_an_exif_rotated_photo_is_read_upright_with_its_boxes_in_place_and_count
 
 
 @needs_bccd
+def test_an_invalid_exif_orientation_turns_nothing_and_is_not_counted(bccd):
+    expected_image, _ = read(bccd)[0]
+    path = bccd / "JPEGImages" / "BloodImage_00000.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 9  # no orientation EXIF defines (1 to 8)
+    Image.open(path).save(path, exif=exif, quality=100)
+    dataset = read(bccd)
+    assert dataset[0][0].shape == expected_image.shape and not dataset.fixes["images rotated by their EXIF orientation"]
+
+
+@needs_bccd
 @pytest.mark.parametrize("size", ["320x240", "1280x960"])
 def test_an_xml_size_that_disagrees_with_the_pixels_is_an_error_naming_both_or_a_counted_skip(bccd, size):
     width, height = size.split("x")

@@ -93,7 +93,7 @@ def _check_pixels(path: Path, width: int, height: int, max_image_pixels: Optiona
 
 def image_header(path: Path, max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> tuple[tuple[int, int], int]:
     """From the header alone: the image's (width, height) as it shows upright, and its EXIF orientation
-    (1: stored upright; 5 to 8: turned by 90 degrees). ValueError naming the file when it is unreadable or
+    (1: stored upright, or a value outside 1..8, which nothing turns; 5 to 8: turned by 90 degrees). ValueError naming the file when it is unreadable or
     over `max_image_pixels`."""
     try:
         with Image.open(path) as image:
@@ -101,6 +101,7 @@ def image_header(path: Path, max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS)
     except (OSError, ValueError, SyntaxError) as error:
         raise _unreadable(path, error) from error
     _check_pixels(path, width, height, max_image_pixels)
+    orientation = orientation if orientation in range(1, 9) else 1  # as PIL's exif_transpose: others turn nothing
     return ((height, width) if orientation in (5, 6, 7, 8) else (width, height)), orientation
 
 
