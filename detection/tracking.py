@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol
@@ -259,7 +259,7 @@ class Outbox:
             return
         try:
             if self.down is not None and self.spool is not None and self.spool.is_file():
-                sent = replay_spool(self.spool, self._send)  # the store may be back: the older records first
+                sent = replay_spool(self.spool, self._send, self._lock)  # back? the older records first
                 log.warning("the MLflow store at %s answers again: %d kept records sent", self.where, sent)
             self._send(record)
             self.down = None
@@ -294,9 +294,11 @@ class Outbox:
 
     def close(self, stall_s: float = 10.0) -> None:
         """Sends what is queued, waiting as long as records keep going out (at most `stall_s` without one);
-        what is left then (the store hangs) is kept in the spool."""
+        what is left then (the store hangs) is kept in the spool, the record being sent included (it may
+        then arrive twice: MLflow keeps one of two equal metric values, a tag or an artifact is the same)."""
         self._queue.put(None)
-        while self._thread.is_alive() and time.monotonic() - self._last_progress < stall_s:
+        closing = time.monotonic()
+        while self._thread.is_alive() and time.monotonic() - max(self._last_progress, closing) < stall_s:
             self._thread.join(timeout=0.5)
         if self._thread.is_alive():
             left = []
@@ -314,17 +316,37 @@ def record_size(record: dict) -> int:
     return len(record["metrics"]) if record["kind"] == "metrics" else 1
 
 
-def replay_spool(path: Path, send: Callable[[dict], None]) -> int:
-    """Sends the records kept in `path`, in order, and removes the file; when a send fails, the records not
-    yet sent stay in the file and the error is raised. Returns how many were sent."""
-    records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_records(path: Path) -> list[dict]:
+    """The records of a JSON-lines spool file ([] when there is none)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+
+
+def replay_spool(path: Path, send: Callable[[dict], None], lock: Optional[threading.Lock] = None) -> int:
+    """Sends the records kept in `path`, in order. They are moved to `<path>.sending` first (records kept
+    meanwhile start a new `path`; a `.sending` file a process left when it died mid-replay goes first);
+    when a send fails, the records not yet sent go back to the head of `path` and the error is raised.
+    `lock` guards the files against a writer in another thread. Returns how many were sent."""
+    path = Path(path)
+    sending = path.with_name(f"{path.name}.sending")
+    with lock or nullcontext():
+        records = read_records(sending) + read_records(path)
+        write_records(sending, records)
+        path.unlink(missing_ok=True)
     for index, record in enumerate(records):
         try:
             send(record)
         except BaseException:
-            Path(path).write_text("".join(json.dumps(r) + "\n" for r in records[index:]), encoding="utf-8")
+            with lock or nullcontext():
+                write_records(path, records[index:] + read_records(path))
+                sending.unlink()
             raise
-    Path(path).unlink()
+    sending.unlink()
     return len(records)
 
 
