@@ -27,6 +27,9 @@ DEFAULT_URI = f"sqlite:///{REPO_ROOT / 'mlflow.db'}"  # one store wherever Hydra
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 8000  # and on a tag value
 REFUSED = ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")  # the store answered and refused one call's values
+# MLflow's HTTP limits while a run is tracked, where the user has not set them: a call to a dead server fails
+# in seconds (MLflow's defaults retry for minutes), and the Outbox's own retries take over
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 SWEEP_FILE = "mlflow_sweep.json"  # in a multirun's sweep dir: the parent run its jobs report to
 URI_VARIABLE = "MLFLOW_TRACKING_URI"
 PROBE_TIMEOUT_S = 5.0  # an HTTP store that does not accept a connection in this time is unreachable
@@ -391,7 +394,8 @@ class MlflowTracker:
     records are kept in the spool (`start`'s, in the run directory) and sent when it answers again, or by
     `python -m detection.tracking <spool>`. `end()` says what was sent and what is kept, and returns within
     seconds whatever the store does. Keys MLflow would refuse are renamed (`MlflowKeys`) and the renaming is
-    recorded in the run's `renamed_keys` tag.
+    recorded in the run's `renamed_keys` tag. From `start` to `end`, MLflow's HTTP calls are limited to
+    HTTP_LIMITS where the environment does not set them.
 
     Args:
         uri: tracking URI; None means the SQLite store `mlflow.db` at the repository root.
@@ -419,6 +423,7 @@ class MlflowTracker:
         self.run_id: Optional[str] = None
         self._experiment_id: Optional[str] = None
         self._outbox: Optional[Outbox] = None
+        self._environment: dict[str, Optional[str]] = {}  # HTTP_LIMITS' variables as they were before start
         self._monitor = None  # MLflow's system metrics sampler
         self._keys = MlflowKeys()
         self._renamed_recorded = 0
@@ -430,6 +435,9 @@ class MlflowTracker:
         kept there by an earlier process are sent first."""
         from mlflow import MlflowClient
 
+        self._environment = {name: os.environ.get(name) for name in HTTP_LIMITS}
+        for name, value in HTTP_LIMITS.items():
+            os.environ.setdefault(name, value)
         with opened_store(self.uri):
             client = MlflowClient(self.uri)  # made under the lock: making it creates or migrates the store
             self._experiment_id = experiment_id(client, self.uri, self.experiment_name)
@@ -581,6 +589,11 @@ class MlflowTracker:
                       "in %s; send them when the store answers with: python -m detection.tracking %s", self.run_id,
                       self.uri, counts, status, where, shlex.quote(str(where)))
         self.run_id = None
+        for name, value in self._environment.items():  # the process's environment as it was
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextmanager
