@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install train test test-fast bench mlflow-ui mlflow-screenshot clean
+.PHONY: install train test test-fast bench mlflow-ui mlflow-screenshot docs docs-build clean
 
 $(INSTALLED): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +42,14 @@ mlflow-screenshot: $(INSTALLED)
 	$(PY) -m pip install --quiet -e ".[docs]"
 	$(PY) docs/mlflow_screenshot.py
 
+# the documentation site (mkdocs-material): served at http://127.0.0.1:8000, or built into site/
+docs: $(INSTALLED)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
+
+docs-build: $(INSTALLED)
+	$(PY) -m pip install --quiet -e ".[docs]"
+	$(VENV)/bin/mkdocs build
+
 clean:
-	rm -rf outputs multirun .pytest_cache
+	rm -rf outputs multirun .pytest_cache site

@@ -4,126 +4,18 @@
     torchrun --nproc_per_node 2 evaluate.py ckpt_path=...   # each rank evaluates its share; same metrics
 """
 
-import json
-import logging
-import sys
-from pathlib import Path
-
-import hydra
 from omegaconf import DictConfig
 
-from schema import SettingsError, check_evaluate
-
-log = logging.getLogger(__name__)
-
-
-def per_class_table(metrics: dict[str, float], classes: list[str]) -> str:
-    """AP per class and their means: VOC07 11-point and VOC area at IoU 0.5, COCO at IoU 0.5:0.95."""
-    from detection.evaluation import class_aps
-
-    columns = (("VOC07 AP50", "ap50_voc07", "val/map"), ("VOC AP50", "ap50_voc", "val/map50_voc"),
-               ("COCO AP", "ap50_95", "val/map50_95"))
-    aps = [class_aps(metrics, classes, measure) for _, measure, _ in columns]
-    lines = [f"{'class':<20}" + "".join(f"{title:>12}" for title, _, _ in columns)]
-    lines += [f"{name:<20}" + "".join(f"{column[name]:>12.4f}" for column in aps) for name in classes]
-    lines.append(f"{'mean':<20}" + "".join(f"{metrics.get(mean, float('nan')):>12.4f}" for _, _, mean in columns))
-    return "\n".join(lines)
+from detection.cli.checks import check_evaluate
+from detection.cli.entry import entry_point
 
 
-def error_table(errors: dict, classes: list[str]) -> str:
-    """TIDE's breakdown at IoU 0.5: per error type its count and the AP50 fixing it gains (dAP), overall and
-    per class, then the false-positive and false-negative dAPs."""
-    lines = [f"errors (TIDE at IoU 0.5; dAP: the AP50 gained by fixing them; TIDE's AP50 {errors['ap']:.4f})",
-             f"{'type':<20}{'count':>8}{'dAP':>10}" + "".join(f"{name[:11]:>12}" for name in classes)]
-    for name, gain in errors["dap"].items():
-        count = f"{errors['counts'][name]:>8}" if name in errors["counts"] else f"{'':>8}"
-        lines.append(f"{name:<20}{count}{gain:>10.4f}" +
-                     "".join(f"{errors['per_class'][c]['dap'][name]:>12.4f}" for c in classes))
-    return "\n".join(lines)
-
-
-def run_evaluation(cfg: DictConfig) -> dict[str, float]:
-    # imported once the settings passed their check: a bad setting is refused before torch loads
-    from hydra.utils import instantiate
-
-    import edge
-    from detection.data.loader import build_loader
-    from detection.engine.device import resolve_device
-    from detection.engine.distributed import init_distributed, shutdown_distributed
-    from detection.engine.inference import evaluate
-    from detection.engine.precision import EVALUATION
-    from detection.evaluation import DetectionEvaluator, validation_metrics
-    from detection.visualize import save_error_plots
-
-    model, trained, checkpoint = edge.model_from_checkpoint(Path(cfg.ckpt_path))
-    dataset = cfg.dataset if cfg.get("dataset") else trained.dataset
-    if list(dataset.classes) != checkpoint["class_names"]:
-        raise ValueError(f"{cfg.ckpt_path} was trained on classes {checkpoint['class_names']}, "
-                         f"the dataset has {list(dataset.classes)}")
-    context, device = init_distributed(resolve_device(cfg.device))
-    val_set = instantiate(dataset.val)
-    loader = build_loader(val_set, batch_size=cfg.batch_size, shuffle=False,
-                          num_workers=cfg.num_workers, seed=0, rank=context.rank, world_size=context.world_size)
-    evaluator = DetectionEvaluator(class_names=list(dataset.classes),
-                                   confusion_score_threshold=cfg.confusion_score_threshold)
-    try:
-        metrics = validation_metrics(evaluate(model.to(device), loader, evaluator, device=device,
-                                              progress=context.is_main))
-    finally:
-        shutdown_distributed()
-    if not context.is_main:
-        return metrics
-
-    errors = evaluator.error_breakdown()
-    log.info("%s on %s's validation split, in %s:\n%s\n%s", cfg.ckpt_path, dataset.name, EVALUATION.name,
-             per_class_table(metrics, list(dataset.classes)), error_table(errors, list(dataset.classes)))
-    (edge.run_dir() / "metrics.json").write_text(json.dumps({**metrics, "error_breakdown": errors}, indent=2))
-    # COCO in, COCO out: a COCO file's own image and category ids (VOC splits keep their indices and labels)
-    records = evaluator.detection_records(image_ids=getattr(val_set, "image_ids", None),
-                                          category_ids=getattr(val_set, "category_ids", None))
-    (edge.run_dir() / "detections.json").write_text(json.dumps(records))
-    save_error_plots(errors, edge.run_dir() / "errors", title=Path(cfg.ckpt_path).name)
-    record_evaluation(cfg, trained, checkpoint, dataset.name, metrics)
-    return metrics
-
-
-def record_evaluation(cfg: DictConfig, trained: DictConfig, checkpoint: dict, dataset_name: str,
-                      metrics: dict[str, float]) -> None:
-    """The results as `eval/<name>` metrics (at the checkpoint's step) and `evaluation/<checkpoint>/`
-    artifacts (metrics.json, detections.json, errors/) in the training run that wrote the checkpoint, when the store holds
-    it and it has ended (it keeps the status it ended with); else in a run of their own named after the
-    checkpoint."""
-    import edge
-
-    name = Path(cfg.ckpt_path).name
-    tracker = edge.build_tracker(cfg.tracking, experiment_name=edge.label_of(trained, checkpoint.get("choices", {})),
-                                 run_name=f"evaluate {name}")
-    training_run = checkpoint.get("tracking_run_id")
-    status = tracker.run_status(training_run) if training_run else None
-    if status in ("FINISHED", "FAILED", "KILLED"):
-        tracker.start(params={}, tags={}, run_id=training_run, spool=edge.tracking_spool(edge.run_dir()))
-        log.info("results logged into the training run %s as eval/...", training_run)
-    else:
-        tracker.start(params={"ckpt_path": str(cfg.ckpt_path), "dataset.name": dataset_name}, tags={"job": "evaluate"},
-                      spool=edge.tracking_spool(edge.run_dir()))
-        status = None
-    with edge.ended_with_status(tracker):
-        tracker.log_metrics({f"eval/{key.removeprefix('val/')}": value for key, value in metrics.items()},
-                            step=int(checkpoint["step"]))
-        for path in (edge.run_dir() / "metrics.json", edge.run_dir() / "detections.json", edge.run_dir() / "errors"):
-            tracker.log_artifact(path, artifact_path=f"evaluation/{name}")
-        if status is not None:  # the training run ends as it had ended
-            tracker.end(status)
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@entry_point("evaluate", check=check_evaluate)
 def main(cfg: DictConfig) -> float:
-    try:
-        check_evaluate(cfg)
-        return run_evaluation(cfg)["val/map"]
-    except (SettingsError, FileNotFoundError, ValueError) as error:  # one line naming the file or key
-        log.error("%s", error)
-        sys.exit(2)
+    """Returns val/map (VOC07 mAP50)."""
+    from detection.cli.evaluation import run_evaluation
+
+    return run_evaluation(cfg)["val/map"]
 
 
 if __name__ == "__main__":

@@ -6,78 +6,20 @@
     torchrun --nproc_per_node 2 train.py ...         # data-parallel on 2 processes (GPUs, or gloo on the CPU)
 """
 
-import logging
-import sys
-
-import hydra
 from omegaconf import DictConfig
 
-from schema import SettingsError, check_train
-
-log = logging.getLogger(__name__)
-
-
-def run_training(cfg: DictConfig) -> dict[str, float]:
-    # imported once the settings passed their check: a bad setting is refused before torch loads
-    from contextlib import ExitStack
-    from dataclasses import replace
-    from pathlib import Path
-
-    from hydra.utils import instantiate
-
-    import edge
-    from detection.data.samples import split_fingerprint
-    from detection.engine.loop import fit
-    from detection.engine.state import TrainingState
-    from detection.engine.step import TrainStep, prepare_network
-
-    run_dir = edge.run_dir()
-    cfg, checkpoint = edge.continued_run(cfg, run_dir)
-    if checkpoint is not None and edge.already_finished(cfg, checkpoint):
-        return checkpoint["metrics"]
-    settings = check_train(cfg)
-    job = edge.start_job(settings, cfg.seed)
-    settings = replace(settings, progress=settings.progress and job.is_main)
-    train_set, val_set = instantiate(cfg.dataset.train), instantiate(cfg.dataset.val)
-    fingerprint = split_fingerprint(train_set.records())
-    with ExitStack() as held:
-        tracker = edge.open_training_run(held, cfg, job, run_dir, checkpoint, fingerprint)
-        model, network = prepare_network(
-            edge.build_model(cfg, pretrained=checkpoint is None), device=job.device, context=job.context,
-            channels_last=settings.uses_channels_last(job.device.type), compile=settings.compile,
-            cudnn_benchmark=settings.cudnn_benchmark, sync_batchnorm=settings.sync_batchnorm)
-        train_loader, val_loader = edge.training_loaders(held, train_set, val_set, settings, job, cfg.seed)
-        optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
-        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=settings.max_epochs * len(train_loader))
-        state = TrainingState(TrainStep(model, optimizer, scheduler, network=network, device=job.device,
-                                        precision=job.precision, grad_clip=settings.grad_clip,
-                                        augment=edge.device_augmentation(train_set)),
-                              extras=edge.checkpoint_extras(cfg, tracker, fingerprint))
-        if checkpoint is not None:
-            state.restore(checkpoint)
-            log.info("resumed at epoch %d after %d batches, step %d", state.epoch + 1, state.batches_done, state.step)
-        run_hooks, checkpoints = edge.training_hooks(cfg, settings, job, tracker, run_dir, val_loader)
-        log.info("run directory %s; training %s on %s (rank %d of %d); ready %.1f s after the command", run_dir,
-                 edge.label_of(cfg, edge.group_choices()), job.device, job.context.rank, job.context.world_size,
-                 edge.uptime())
-        metrics = fit(state, train_loader, settings, hooks=run_hooks, checkpoints=checkpoints)
-        if job.is_main:
-            resumed_from = [Path(cfg.ckpt_path).parent] if cfg.ckpt_path else []
-            edge.log_best_model(tracker, model, [run_dir / "checkpoints", *resumed_from], val_loader.dataset,
-                                list(cfg.dataset.classes))
-    log.info("final val/map %.4f; checkpoints in %s", metrics.get("val/map", float("nan")), run_dir / "checkpoints")
-    return metrics
+from detection.cli.checks import check_train
+from detection.cli.entry import entry_point
+from detection.engine.settings import SettingsError
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+# only settings are one line: in a multirun an exit would stop the sweep, and a failed job's traceback is its record
+@entry_point("train", check=check_train, errors=(SettingsError,))
 def main(cfg: DictConfig) -> float:
     """Returns val/map, the metric a Hydra sweeper optimises."""
-    try:
-        check_train(cfg)
-        return run_training(cfg)["val/map"]
-    except SettingsError as error:  # one line naming the key or the cause (EmptyEpoch too), not a traceback
-        log.error("%s", error)
-        sys.exit(2)
+    from detection.cli.training import run_training
+
+    return run_training(cfg)["val/map"]
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ at the model's input every cell is twice the size it is in BCCD (objects more th
 are left out, the rest clipped to it). For the anchor-fitting proof in the README.
 
     python bench/bccd_zoom.py /tmp/bccd_zoom [--source ../shared/data/BCCD_Dataset/BCCD]
-    python -m detection.anchors fit dataset=bccd dataset.root=/tmp/bccd_zoom anchors=ssd300 backbone=resnet18
+    python -m detection.cli.anchor_tools fit dataset=bccd dataset.root=/tmp/bccd_zoom anchors=ssd300 backbone=resnet18
 """
 
 import argparse

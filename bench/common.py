@@ -5,11 +5,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import edge
 import torch
 from hydra import compose, initialize_config_dir
 
-import schema  # noqa: F401  (registers the configs' typed schemas, as the entry points do)
+from detection.cli import assembly
+from detection.cli.schema import register
+
+register()  # the configs' typed schemas, as the entry points register them
 
 REPO = Path(__file__).resolve().parents[1]
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -24,7 +26,7 @@ def compose_config(*overrides: str):
 def build_model(*overrides: str, class_names=VOC_CLASSES) -> torch.nn.Module:
     cfg = compose_config(*overrides)
     cfg.dataset.classes = class_names
-    return edge.build_model(cfg)
+    return assembly.build_model(cfg)
 
 
 def batch(size: int, image_size: int, *, seed: int = 0, objects: int = 3):

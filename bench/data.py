@@ -20,8 +20,8 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import Dataset
 
-import edge
 from common import compose_config, device, device_name
+from detection.cli.assembly import device_augmentation
 from detection.data.loader import build_loader
 
 SETTINGS = {"none": ("augment=none", "anchors=ssd300"), "ssd at 300": ("augment=ssd", "anchors=ssd300"),
@@ -46,7 +46,7 @@ def training_loader(overrides: tuple[str, ...], *, images: int, workers: int, ba
     train_set = instantiate(compose_config("dataset=bccd", *overrides).dataset.train)
     loader = build_loader(Repeated(train_set, images), batch_size=batch, shuffle=True, num_workers=workers, seed=0,
                           augmentation=train_set.transforms, persistent_workers=True, prefetch_factor=4)
-    return loader, edge.device_augmentation(train_set)
+    return loader, device_augmentation(train_set)
 
 
 def synchronise(dev: torch.device) -> None:

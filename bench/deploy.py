@@ -28,7 +28,7 @@ from detection.data.samples import read_pixels
 from detection.data.sources import ImageFiles, collate_files
 from detection.engine.prediction import PredictionWriter, predict_batches
 from detection.models.export import ExportedDetector, export_onnx, export_torchscript
-from edge import model_from_checkpoint
+from detection.cli.assembly import model_from_checkpoint
 
 BCCD = Path(os.environ.get("BCCD_ROOT", REPO.parent / "shared" / "data" / "BCCD_Dataset" / "BCCD")) / "JPEGImages"
 

@@ -15,7 +15,7 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 export BCCD_ROOT=$PWD/.gpu/BCCD
-python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_device_augment.py
+python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/test_gpu.py tests/data/test_device_augment.py
 python3 bench/train_step.py --device cuda --amp
 python3 bench/train_step.py --device cuda --amp --channels-last
 checkpoint=()

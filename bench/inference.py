@@ -19,8 +19,8 @@ from hydra.utils import instantiate
 from common import (LAYOUTS, REPO, add_device_arguments, batch, best_interleaved, build_model, device, device_name,
                     image_size)
 from detection.engine.host_reads import HostReads
+from detection.cli.assembly import model_from_checkpoint
 from detection.engine.step import prepare_network
-import edge
 
 
 def measure(name: str, model: torch.nn.Module, images: list[torch.Tensor], autocast, rounds: int,
@@ -87,7 +87,7 @@ def main():
     if path is None:
         print("  (no trained checkpoint: run `make train` or pass --checkpoint)")
         return
-    model, cfg, _ = edge.model_from_checkpoint(path)
+    model, cfg, _ = model_from_checkpoint(path)
     model = ready(model)
     images, source = validation_images(cfg, size)
     measure(f"SSD{cfg.anchors.image_size}-{cfg.backbone.arch}, trained, {source}", model,

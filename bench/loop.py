@@ -20,9 +20,10 @@ from itertools import count
 import torch
 from hydra.utils import instantiate
 
-import edge
-import schema
 from common import compose_config, device_name
+from detection.cli import assembly
+from detection.cli.checks import check_train
+from detection.cli.job import start_job
 from detection.engine.step import TrainStep, prepare_network
 
 
@@ -46,20 +47,20 @@ def main() -> None:
     args = parser.parse_args()
     overrides = args.overrides or ["experiment=ssd_shapes"]
     cfg = compose_config(*overrides)
-    settings = schema.check_train(cfg)
-    job = edge.start_job(settings, cfg.seed)
+    settings = check_train(cfg)
+    job = start_job(settings, cfg.seed)
     train_set, val_set = instantiate(cfg.dataset.train), instantiate(cfg.dataset.val)
-    model, network = prepare_network(edge.build_model(cfg, pretrained=False), device=job.device,
+    model, network = prepare_network(assembly.build_model(cfg, pretrained=False), device=job.device,
                                      channels_last=settings.uses_channels_last(job.device.type), compile=settings.compile,
                                      cudnn_benchmark=settings.cudnn_benchmark)
     optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
     scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=args.warmup + 2 * args.steps)
     step = TrainStep(model, optimizer, scheduler, network=network, device=job.device, precision=job.precision,
-                     grad_clip=settings.grad_clip, augment=edge.device_augmentation(train_set))
+                     grad_clip=settings.grad_clip, augment=assembly.device_augmentation(train_set))
     print(f"{' '.join(overrides)}: batch {settings.batch_size}, {settings.num_workers} worker(s), "
           f"{job.precision.name}, on {device_name(job.device)}")
     with ExitStack() as held:
-        loader, _ = edge.training_loaders(held, train_set, val_set, settings, job, cfg.seed)
+        loader, _ = assembly.training_loaders(held, train_set, val_set, settings, job, cfg.seed)
         batches = loop_batches(loader)
         kept, images = [], 0
         for index, (cpu_images, cpu_targets, _) in enumerate(batches):

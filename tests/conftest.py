@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import socket
@@ -9,8 +10,11 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
-import schema  # noqa: F401  (registers the configs' typed schemas, as the entry points do)
+from detection.cli.schema import register
+
+register()  # the configs' typed schemas, as the entry points register them
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -96,3 +100,13 @@ def mlflow_server(tmp_path):
         yield f"http://127.0.0.1:{port}", server
     finally:
         stop_server(server)
+
+
+def write_coco(folder: Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> Path:
+    """A COCO-json file `folder/instances.json` with its images (grey JPEGs of the sizes given) in `folder/images`."""
+    (folder / "images").mkdir(exist_ok=True)
+    for image in images:
+        Image.new("RGB", (image["width"], image["height"]), 90).save(folder / "images" / image["file_name"])
+    path = folder / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path

@@ -1,4 +1,6 @@
-"""Rules of the repository: Hydra and MLflow stay at the edges; pins agree between pip and conda."""
+"""Rules of the repository: Hydra lives in the command-line package and MLflow in the tracking module, the
+core never imports the command-line layer, entry points are a few lines, functions fit on a screen, and pins
+agree between pip and conda."""
 
 import ast
 import re
@@ -9,23 +11,51 @@ import tomllib
 from conftest import REPO
 
 
+CLI = REPO / "detection" / "cli"
+
+
 def imported_modules(path):
+    """Every module `path` imports, in full (`detection.cli.entry`, `hydra.utils`), at any depth of its code."""
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            yield from (alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            yield node.module.split(".")[0]
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
 
 
-def test_nothing_under_detection_imports_hydra_or_omegaconf_and_only_tracking_imports_mlflow():
+def test_only_the_command_line_package_imports_hydra_and_only_tracking_imports_mlflow():
     files = list((REPO / "detection").rglob("*.py"))
     assert files
     for path in files:
-        modules = set(imported_modules(path))
-        assert not modules & {"hydra", "omegaconf"}, f"{path} imports hydra/omegaconf"
+        tops = {module.split(".")[0] for module in imported_modules(path)}
+        if CLI not in path.parents:
+            assert not tops & {"hydra", "omegaconf"}, f"{path} imports hydra/omegaconf"
         if path.name != "tracking.py":
-            assert "mlflow" not in modules, f"{path} imports mlflow"
+            assert "mlflow" not in tops, f"{path} imports mlflow"
+        assert "runpy" not in tops, f"{path} runs other files"
+
+
+def test_the_core_never_imports_the_command_line_layer():
+    for path in (REPO / "detection").rglob("*.py"):
+        if CLI not in path.parents:
+            assert not [m for m in imported_modules(path) if m.startswith("detection.cli")], path
+
+
+def test_entry_points_are_a_few_lines_and_functions_fit_on_a_screen():
+    roots = sorted(REPO.glob("*.py"))
+    assert [path.name for path in roots] == ["evaluate.py", "export.py", "predict.py", "train.py"]
+    for path in roots:
+        assert len(path.read_text().splitlines()) < 100 and "entry_point(" in path.read_text(), path
+    for path in [*roots, *(REPO / "detection").rglob("*.py"), *(REPO / "bench").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 60, f"{path}: {node.name} is {node.end_lineno - node.lineno + 1} lines"
+
+
+def test_nothing_is_installed_under_a_generic_top_level_name():
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "py-modules" not in setuptools and setuptools["packages"]["find"]["include"] == ["detection*"]
 
 
 def test_the_core_runs_without_loading_hydra_or_mlflow():

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from detection.engine.artifacts import VALIDATION_IMAGES, DebugArtifacts
-from detection.visualize import draw_detections, save_image, save_precision_recall_plot
+from detection.visualize import draw_detections, save_error_plots, save_image, save_precision_recall_plot
 
 
 def test_ground_truth_is_green_predictions_red_and_small_images_enlarged(tmp_path):
@@ -55,3 +55,18 @@ def test_precision_recall_plot_keeps_its_legend_beside_the_axes(tmp_path):
     with Image.open(path) as png, Image.open(bare) as without_legend:
         assert png.format == "PNG" and png.size[0] > without_legend.size[0] + 50  # the legend widens it
         assert png.size[1] == without_legend.size[1]
+
+
+def test_plots_that_grow_with_the_class_count_draw_a_bounded_number_of_classes(tmp_path):
+    classes = [f"class {index}" for index in range(1000)]
+    rng = np.random.default_rng(0)
+    errors = {"dap": {"localisation": 0.1, "false_positives": 0.2, "false_negatives": 0.1}, "counts": {},
+              "ap": 0.3, "confusion": rng.integers(0, 5, (1001, 1001)).tolist(),
+              "confusion_labels": {"rows": [*classes, "background"], "columns": [*classes, "missed"]}}
+    save_error_plots(errors, tmp_path, title="best.pt")
+    curves = {name: (np.linspace(0, 1, 5), np.linspace(1, 0, 5)) for name in classes}
+    aps = {name: index / 1000 for index, name in enumerate(classes)}
+    save_precision_recall_plot(curves, aps, tmp_path / "pr.png", title="epoch 1", class_names=classes)
+    for name in ("confusion.png", "pr.png"):
+        with Image.open(tmp_path / name) as image:
+            assert max(image.size) < 2500, (name, image.size)

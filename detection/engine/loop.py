@@ -111,7 +111,7 @@ def fit(state: TrainingState, loader: TrainingLoader, settings: TrainerSettings,
             if whole_epoch and state.step == steps_before:
                 raise EmptyEpoch(f"epoch {epoch + 1} made no training step: every sample was skipped as unreadable "
                                  f"(dataset.on_bad_sample=skip) or every loss was non-finite; check the training "
-                                 f"split with python -m detection.data.inspect")
+                                 f"split with python -m detection.cli.inspect_data")
             state.epoch, state.batches_done = epoch + 1, 0
             for hook in hooks:
                 hook.after_epoch(state)

@@ -25,32 +25,33 @@ def check_at_least(key: str, value: Any, minimum: int, *, optional: bool = False
 
 @dataclass
 class TrainerSettings:
-    """What the loop needs besides the model, the data and the optimiser (`conf/trainer/default.yaml`
-    documents each). `amp`: 'auto' (the device's fastest precision that is native), true (fp16 on CUDA,
-    bf16 on the CPU), false (fp32), or 'fp16' / 'bf16'."""
+    """What the loop needs besides the model, the data and the optimiser: the `trainer` config group's one
+    option (`trainer=default`, registered from this class: its defaults are written here only)."""
 
     max_epochs: int = 12
-    batch_size: int = 8
-    num_workers: int = 2
-    persistent_workers: bool = True
-    prefetch_factor: int = 2
-    device: str = "auto"
+    batch_size: int = 8                          # per process (rank)
+    num_workers: int = 2                         # loader processes (0: load in the training process)
+    persistent_workers: bool = True              # keep them from epoch to epoch (items seeded by (seed, epoch, index))
+    prefetch_factor: int = 2                     # batches each worker loads ahead
+    device: str = "auto"                         # auto: CUDA when present, else the CPU; cpu, cuda, cuda:<index>
+    # auto: fp16 + GradScaler on CUDA, bf16 on a CPU with native bf16 (AVX512_BF16/AMX), else fp32; true (fp16
+    # on CUDA, bf16 elsewhere), false (fp32), fp16 or bf16 force one. Validation is fp32 whatever it says.
     amp: Any = "auto"
-    grad_clip: Optional[float] = None
-    log_every: int = 10
-    max_nonfinite_in_row: int = 10
-    checkpoint_every: Optional[int] = None
-    keep_last: int = 3
-    limit_train_images: Optional[int] = None
+    grad_clip: Optional[float] = None            # max gradient norm (null: no clipping)
+    log_every: int = 10                          # steps between train/* metrics
+    max_nonfinite_in_row: int = 10               # non-finite losses in a row (each step skipped) that stop the run
+    checkpoint_every: Optional[int] = None       # steps between mid-epoch checkpoints (epoch ends always checkpoint)
+    keep_last: int = 3                           # step_<n>.pt files kept besides last.pt and best.pt
+    limit_train_images: Optional[int] = None     # train on the first N images only (debugging)
     limit_val_images: Optional[int] = None
-    progress: bool = True
-    sync_batchnorm: bool = False
-    debug_images_every: Optional[int] = 500
-    channels_last: Any = "auto"
-    compile: bool = False
-    cudnn_benchmark: bool = True
-    warn_data_wait: Optional[float] = 0.25
-    confusion_score_threshold: float = 0.5
+    progress: bool = True                        # progress bars
+    sync_batchnorm: bool = False                 # with several ranks: BatchNorm statistics over the global batch
+    debug_images_every: Optional[int] = 500      # steps between debug images of a training batch (and each validation)
+    channels_last: Any = "auto"                  # NHWC weights and activations: auto is true on CUDA, false on the CPU
+    compile: bool = False                        # torch.compile the network; eager with a warning where it cannot
+    cudnn_benchmark: bool = True                 # CUDA: cuDNN times its algorithms per input shape (SSD's is fixed)
+    warn_data_wait: Optional[float] = 0.25       # warn (once) when the loop waits for data this share of the time
+    confusion_score_threshold: float = 0.5       # the detections each validation's confusion matrix counts
 
     def __post_init__(self):
         for key, minimum in (("max_epochs", 1), ("batch_size", 1), ("num_workers", 0), ("log_every", 1),

@@ -322,19 +322,28 @@ def breakdown(result: Outcomes, detections: dict[str, np.ndarray], objects: dict
     fixed["false_positives"] = class_aps(labels, true_first, positives)
     unmatched = np.bincount(objects["labels"][real & ~result.matched], minlength=num_classes + 1)
     fixed["false_negatives"] = class_aps(labels, hits, positives - unmatched)
-
-    def mean(aps: np.ndarray) -> float:
-        return float(np.nanmean(aps)) if np.isfinite(aps).any() else float("nan")
-
-    def gain(after: np.ndarray, before: np.ndarray, clamp: bool) -> float:
-        """TIDE clamps the main types' gains at 0 (a loss there is an interpolation artefact); a class
-        that has no detections and no objects left gains nothing."""
-        value = mean(after) - mean(before)
-        value = 0.0 if value != value else value
-        return max(value, 0.0) if clamp else value
-
     counts = {name: (np.bincount(labels[error == index], minlength=num_classes + 1) if name != "missed"
                      else np.bincount(missed_labels, minlength=num_classes + 1)) for index, name in enumerate(ERROR_TYPES)}
+    return summary(base, fixed, counts, class_names, result.confusion)
+
+
+def mean(aps: np.ndarray) -> float:
+    """The mean of per-class APs over the classes that have one (nan when none has)."""
+    return float(np.nanmean(aps)) if np.isfinite(aps).any() else float("nan")
+
+
+def gain(after: np.ndarray, before: np.ndarray, clamp: bool) -> float:
+    """The mean AP a fix gains. TIDE clamps the main types' gains at 0 (a loss there is an interpolation
+    artefact); a class that has no detections and no objects left gains nothing."""
+    value = mean(after) - mean(before)
+    value = 0.0 if value != value else value
+    return max(value, 0.0) if clamp else value
+
+
+def summary(base: np.ndarray, fixed: dict[str, np.ndarray], counts: dict[str, np.ndarray], class_names: list[str],
+            confusion: np.ndarray) -> dict:
+    """The breakdown as `breakdown` returns it, from the per-class APs before (`base`) and after each fix,
+    and the per-class counts (indexed by label) of each error type."""
     per_class = {}
     for label, class_name in enumerate(class_names, start=1):
         ap = base[label - 1:label]
@@ -344,5 +353,5 @@ def breakdown(result: Outcomes, detections: dict[str, np.ndarray], objects: dict
     return {"ap": mean(base),
             "counts": {name: int(c.sum()) for name, c in counts.items()},
             "dap": {name: gain(aps, base, name in ERROR_TYPES) for name, aps in fixed.items()},
-            "per_class": per_class, "confusion": result.confusion.tolist(),
+            "per_class": per_class, "confusion": confusion.tolist(),
             "confusion_labels": {"rows": [*class_names, "background"], "columns": [*class_names, "missed"]}}

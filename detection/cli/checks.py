@@ -1,0 +1,166 @@
+"""The checks every entry point runs on its composed configuration before torch loads: keys the schema does
+not know (Hydra's `+key=` adds them) or that are unset, values out of range, a class list that is not one,
+a model part composed where the model does not use it. Each refusal is a SettingsError naming the key."""
+
+import re
+from dataclasses import fields
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from detection.cli.schema import (AnchorToolsConfig, EvaluateConfig, ExportConfig, InspectDataConfig, PredictConfig,
+                                  TrainConfig)
+from detection.data.classes import checked_class_names
+from detection.engine.settings import SettingsError, TrainerSettings, check_at_least, check_seed
+
+MODEL_PARTS = ("backbone", "anchors", "fpn")  # groups a model config composes and interpolates
+
+
+# (key, lowest, highest, whole number): where a number is a list, each of its numbers (aspect ratios: each
+# of each map's); the lowest excluded where it is a float 0 (a box size, a ratio or a factor of 0 is nonsense)
+RANGES = (("model.score_threshold", 0, 1, False), ("model.nms_threshold", 0, 1, False),
+          ("model.iou_threshold", 0.0, 1, False), ("model.detections_per_image", 1, None, True),
+          ("model.candidates_per_class", 1, None, True), ("model.min_size", 1, None, True),
+          ("model.max_size", 1, None, True), ("anchors.image_size", 32, None, True),
+          ("anchors.feature_map_sizes", 1, None, True), ("anchors.steps", 0.0, None, False),
+          ("anchors.box_sizes", 0.0, None, False), ("anchors.aspect_ratios", 0.0, None, False),
+          ("scheduler.warmup_steps", 0, None, True), ("scheduler.warmup_factor", 0.0, 1, False),
+          ("scheduler.min_factor", 0, 1, False), ("scheduler.gamma", 0.0, 1, False),
+          ("scheduler.milestones", 0.0, 1, False))
+
+
+def numbers_in(value: Any) -> list:
+    """The numbers of a setting: itself, or those of a (nested) list."""
+    if isinstance(value, (list, tuple)):
+        return [number for item in value for number in numbers_in(item)]
+    return [value]
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Refuses a value of RANGES' keys outside its range, naming the key and the range (keys the
+    configuration does not have are not checked)."""
+    for key, lowest, highest, whole in RANGES:
+        value = plain_value(OmegaConf.select(cfg, key, default=None))
+        if value is None:
+            continue
+        kind = "whole numbers" if whole else "numbers"
+        allowed = (f"{kind} {'>' if lowest == 0.0 and isinstance(lowest, float) else '>='} {lowest}"
+                   + (f" and <= {highest}" if highest is not None else ""))
+        for number in numbers_in(value):
+            numeric = isinstance(number, (int, float)) and not isinstance(number, bool)
+            if (not numeric or (whole and number != int(number)) or number < lowest
+                    or (number == lowest and isinstance(lowest, float)) or (highest is not None and number > highest)):
+                raise SettingsError(f"{key}={value!r}: must be {allowed}")
+
+
+def plain_value(value: Any) -> Any:
+    """A config node as plain Python containers, resolved; any other value as it is."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def check_classes(cfg: DictConfig) -> None:
+    """Refuses a missing, empty, bare-string or repeating `dataset.classes`, in one line with the syntax."""
+    if OmegaConf.is_missing(cfg.dataset, "classes"):
+        raise SettingsError("dataset.classes is not set: list the classes in label order, e.g. "
+                            "dataset.classes=[cat,dog]")
+    try:
+        checked_class_names(plain_value(cfg.dataset.classes))
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
+
+
+def check_keys(cfg: DictConfig, schema: type) -> None:
+    """Refuses top-level keys the entry point's schema does not know (Hydra lets `+key=value` add them,
+    and an ignored setting is worse than a refused one) and required keys left unset (`ckpt_path=...`)."""
+    known = sorted(field.name for field in fields(schema))
+    unknown = sorted(set(cfg) - set(known))
+    if unknown:
+        raise SettingsError(f"unknown key(s) {unknown}; known: {known}")
+    unset = [key for key in cfg.keys() if OmegaConf.is_missing(cfg, key)]
+    if unset:
+        raise SettingsError(f"{unset[0]} is required: give it on the command line ({unset[0]}=...)")
+
+
+def check_train(cfg: DictConfig) -> TrainerSettings:
+    """Refuses keys the schema does not know (Hydra's `+key=value` adds them) and out-of-range values, with
+    a SettingsError naming the key; returns the loop's settings."""
+    check_keys(cfg, TrainConfig)
+    check_seed(cfg.seed)
+    check_classes(cfg)
+    check_ranges(cfg)
+    check_model_parts(cfg)
+    check_augment_on_device(cfg)
+    return TrainerSettings.from_mapping(OmegaConf.to_container(cfg.trainer, resolve=True))
+
+
+def check_model_parts(cfg: DictConfig) -> None:
+    """Refuses a model part (backbone, anchors, fpn) composed where the model does not use it: added with
+    `+backbone=vgg16` under model=maskrcnn, which Hydra suggests when the plain override is refused."""
+    used = set(re.findall(r"\$\{(\w+)\}", str(OmegaConf.to_container(cfg.model))))
+    for part in MODEL_PARTS:
+        if cfg.get(part) is not None and part not in used:
+            model = str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1].removeprefix("build_")
+            raise SettingsError(f"{part} is set but model={model} does not use it; its parts: "
+                                f"{sorted(used & set(MODEL_PARTS))}")
+
+
+def check_augment_on_device(cfg: DictConfig) -> None:
+    """Refuses augment=ssd_gpu for Mask R-CNN: the device's augmentation moves no instance masks."""
+    on_device = str(cfg.get("augment", {}).get("_target_", "")).endswith(".DeviceSSDAugmentation")
+    if on_device and "maskrcnn" in str(cfg.model.get("_target_", "")):
+        raise SettingsError("augment=ssd_gpu moves boxes but no instance masks, which Mask R-CNN trains on: "
+                            "use the loader's augmentation (augment=basic or augment=none) for model=maskrcnn")
+
+
+def check_loading(cfg: DictConfig) -> None:
+    """Refuses a batch size under 1 or a negative worker count, naming the key."""
+    check_at_least("batch_size", cfg.batch_size, 1)
+    check_at_least("num_workers", cfg.num_workers, 0)
+
+
+def check_evaluate(cfg: DictConfig) -> None:
+    """Refuses unknown or unset keys, and out-of-range loading settings and threshold, naming the key."""
+    check_keys(cfg, EvaluateConfig)
+    check_loading(cfg)
+    if not 0 <= cfg.confusion_score_threshold <= 1:
+        raise SettingsError(f"confusion_score_threshold must be within 0..1, got {cfg.confusion_score_threshold}")
+
+
+def check_predict(cfg: DictConfig) -> None:
+    """Refuses unknown or unset keys, out-of-range loading settings, a score threshold outside 0..1, and
+    anything but one model: ckpt_path or model_path."""
+    check_keys(cfg, PredictConfig)
+    check_loading(cfg)
+    if bool(cfg.ckpt_path) == bool(cfg.model_path):
+        raise SettingsError("give one of ckpt_path (a training checkpoint) and model_path (an exported file)")
+    if not 0 <= cfg.score_threshold <= 1:
+        raise SettingsError(f"score_threshold must be within 0..1, got {cfg.score_threshold}")
+
+
+def check_export(cfg: DictConfig) -> None:
+    """Refuses unknown keys, an unknown format or a negative image count, naming the key."""
+    check_keys(cfg, ExportConfig)
+    if cfg.format not in ("onnx", "torchscript"):
+        raise SettingsError(f"format must be onnx or torchscript, got {cfg.format!r}")
+    check_at_least("check_images", cfg.check_images, 0)
+
+
+def check_inspect_data(cfg: DictConfig) -> None:
+    """Refuses unknown or unset keys and a class list that is not one."""
+    check_keys(cfg, InspectDataConfig)
+    check_classes(cfg)
+
+
+def check_anchor_tools(cfg: DictConfig) -> None:
+    """Refuses unknown keys, a model without priors, an unknown command or split, and out-of-range numbers."""
+    check_keys(cfg, AnchorToolsConfig)
+    check_ranges(cfg)
+    if "anchors" not in cfg.model:
+        raise SettingsError("the anchor tools need an SSD (model=ssd): this model has no priors")
+    for key, allowed in (("command", ("analyse", "fit")), ("split", ("train", "val"))):
+        if cfg[key] not in allowed:
+            raise SettingsError(f"{key} must be one of {list(allowed)}, got {cfg[key]!r}")
+    check_at_least("augmented_passes", cfg.augmented_passes, 0)
+    check_at_least("fit.ratios_per_map", cfg.fit.ratios_per_map, 0, optional=True)
+    for key in ("generations", "population"):
+        check_at_least(f"fit.{key}", cfg.fit[key], 1)

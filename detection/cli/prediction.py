@@ -1,0 +1,68 @@
+"""The prediction job: a checkpoint's model (or an exported file) over a folder, an image, a glob or a video;
+each image drawn, every detection in predictions.json (COCO results)."""
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def run_prediction(cfg: DictConfig) -> dict[str, float]:
+    # imported once the settings passed their check: a bad setting is refused before torch loads
+    import torch
+    from torch.utils.data import DataLoader
+
+    from detection.cli.assembly import model_from_checkpoint
+    from detection.cli.job import run_dir as job_dir
+    from detection.data.sources import ImageFiles, VideoFrames, VideoWriter, collate_files, image_files, is_video
+    from detection.engine.device import resolve_device
+    from detection.engine.prediction import PredictionWriter, predict_batches
+    from detection.models.export import ExportedDetector
+
+    if cfg.model_path:  # an exported file, run as it would be deployed (on the CPU)
+        model, device = ExportedDetector(Path(cfg.model_path)), torch.device("cpu")
+        class_names = model.class_names
+    else:
+        model, _, checkpoint = model_from_checkpoint(Path(cfg.ckpt_path))
+        device, class_names = resolve_device(cfg.device), checkpoint["class_names"]
+        model.to(device)
+    run_dir, source = job_dir(), Path(cfg.source)
+    options = {"score_threshold": cfg.score_threshold, "draw": cfg.draw}
+    if is_video(cfg.source):
+        frames = VideoFrames(source)
+        video = VideoWriter(run_dir / f"{source.stem}.mp4", frames.fps) if cfg.draw else None
+        writer = PredictionWriter(run_dir, class_names, video=video, **options)
+        predict_batches(model, frames.batches(cfg.batch_size), writer, device=device,
+                        total=frames.batch_count(cfg.batch_size), progress=cfg.progress)
+    else:
+        paths, others = image_files(cfg.source)
+        if others:
+            log.info("%s: %d files that are not images passed over", cfg.source, others)
+        loader = DataLoader(ImageFiles(paths), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                            collate_fn=collate_files)
+        writer = PredictionWriter(run_dir, class_names, **options)
+        predict_batches(model, loader, writer, device=device, total=len(loader), progress=cfg.progress)
+    summary = writer.close()
+    record_run(cfg, run_dir, summary)
+    log.info("%d images, %d detections at score >= %.2f, %d unreadable (listed in images.json); %.1f images/s "
+             "in the model; results in %s", summary["images"], summary["detections"], cfg.score_threshold,
+             summary["unreadable"], summary["images"] / max(summary["inference_s"], 1e-9), run_dir)
+    return summary
+
+
+def record_run(cfg: DictConfig, run_dir: Path, summary: dict[str, float]) -> None:
+    """With `tracking=mlflow`: a run in the experiment 'predict' holding the summary as metrics and the
+    JSON files, drawn images or video as artifacts under predictions/."""
+    from detection.cli.runs import build_tracker, ended_with_status, tracking_spool
+
+    tracker = build_tracker(cfg.tracking, experiment_name="predict", run_name=f"predict {Path(cfg.source).name}")
+    tracker.start(params={"model": str(cfg.model_path or cfg.ckpt_path), "source": str(cfg.source),
+                          "score_threshold": cfg.score_threshold}, tags={"job": "predict"},
+                  spool=tracking_spool(run_dir))
+    with ended_with_status(tracker):
+        tracker.log_metrics(summary, step=0)
+        for name in ("predictions.json", "images.json", "images", f"{Path(cfg.source).stem}.mp4"):
+            if (run_dir / name).exists():
+                tracker.log_artifact(run_dir / name, artifact_path="predictions")

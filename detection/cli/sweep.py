@@ -1,0 +1,148 @@
+"""The Hydra side of a sweep: the callbacks that make a multirun one parent MLflow run and keep an Optuna
+search's study, and the experiment label it and every run are named by. Light (no torch): Hydra builds its
+callbacks before an entry point checks its settings, and a bad setting is refused before torch loads."""
+
+import atexit
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, read_write
+
+from detection.tracking import (end_parent_run, experiment_label, start_parent_run, store_folder, summarise_sweep,
+                                sweep_parent, write_sweep_parent)
+
+log = logging.getLogger(__name__)
+
+
+def model_label(cfg: DictConfig, choices: dict[str, Any]) -> str:
+    """The model's first word in a label: the model group's choice, with the input size where the model has
+    anchors (`ssd512`, `maskrcnn`)."""
+    size = OmegaConf.select(cfg, "model.anchors.image_size", default=None)
+    return f"{choices.get('model') or 'model'}{size or ''}"
+
+
+def label_of(cfg: DictConfig, choices: dict[str, Any]) -> str:
+    """The experiment label of a composed configuration (`ssd512_resnet50_shapes`): the model's label, its
+    trunk's arch and the dataset's name; `choices` are the config group options (a sweep's may replace the
+    last two)."""
+    return experiment_label(model_label(cfg, choices), str(choices.get("sweep_backbone", cfg.model.backbone.arch)),
+                            str(choices.get("sweep_dataset", cfg.dataset.name)))
+
+
+class MlflowSweepCallback(Callback):
+    """Makes a Hydra multirun one parent MLflow run with a child run per job (`conf/train.yaml`,
+    hydra.callbacks). The parent is created when the sweep starts, in the experiment its jobs will use, and
+    recorded in the sweep folder, where every job (in this process or in a launcher's) finds it. It holds
+    the swept space as `sweep.<key>` params and, updated as each job ends, the best child's `best/val/map`
+    and params (`summarise_sweep`). It ends FINISHED, with an Optuna search's best parameters as its
+    artifact, or FAILED when the sweep ends on a failed job (Hydra runs every job of the batch first).
+    Nothing happens with `tracking=none`."""
+
+    def __init__(self):
+        self._uri: Optional[str] = None
+        self._parent: Optional[str] = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        tracking = config.tracking
+        if tracking.get("_target_") != "detection.tracking.MlflowTracker":
+            return
+        overrides = list(config.hydra.overrides.task)
+        swept = {key: value for key, value in (o.split("=", 1) for o in overrides if "=" in o) if "," in value}
+        space = {**swept, **(config.hydra.sweeper.get("params") or {})}  # and an Optuna search space
+        swept_keys = list(space)
+        choices = {**config.hydra.runtime.choices, **{f"sweep_{key}": value.replace(",", "+")
+                                                      for key, value in swept.items() if key in ("backbone", "dataset")}}
+        experiment_name = tracking.get("experiment_name") or label_of(config, choices)
+        swept_overrides = [o for o in overrides if o.split("=", 1)[0] in swept_keys] or swept_keys
+        self._uri = tracking.get("uri")
+        self._parent = start_parent_run(
+            self._uri, experiment_name=experiment_name,
+            run_name=tracking.get("run_name") or " ".join(["sweep", *swept_overrides]),
+            tags={"sweep": "parent", "overrides": " ".join(overrides), "swept": " ".join(swept_keys),
+                  "sweeper": config.hydra.sweeper.get("_target_", "")},
+            params={f"sweep.{key}": str(values) for key, values in space.items()})
+        write_sweep_parent(Path(config.hydra.sweep.dir), self._parent, experiment_name, swept_keys)
+        atexit.register(self._end, "FAILED")  # the sweep raised before on_multirun_end
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """After each job (in whichever process ran it): the parent's summary of the best child so far."""
+        if config.hydra.mode != RunMode.MULTIRUN or config.tracking.get("_target_") != "detection.tracking.MlflowTracker":
+            return
+        parent = sweep_parent(Path(config.hydra.sweep.dir))
+        if parent is not None:
+            self._summarise(config.tracking.get("uri"), parent["run_id"])
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"
+        if self._parent is not None:
+            self._summarise(self._uri, self._parent)
+        self._end("FINISHED", results if results.is_file() else None)
+
+    @staticmethod
+    def _summarise(uri: Optional[str], parent: str) -> None:
+        try:
+            summarise_sweep(uri, parent)
+        except Exception as error:  # the sweep and its end go on without the summary
+            log.warning("could not update the sweep's parent run %s: %s", parent, error)
+
+    def _end(self, status: str, artifact: Optional[Path] = None) -> None:
+        if self._parent is not None:
+            end_parent_run(self._uri, self._parent, status, artifact)
+            self._parent = None
+
+
+class OptunaStudyCallback(Callback):
+    """Stores an Optuna search's study (`hparams_search=...`, `hydra.sweeper.storage: null`) in SQLite beside
+    the MLflow store, `optuna.db`, so that the same command continues the search (its `n_trials` more) and
+    `optuna.load_study(study_name=..., storage=...)` reads every trial. A storage given in the config is
+    used as it is."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.sweeper
+        if not str(sweeper.get("_target_", "")).endswith("OptunaSweeper"):
+            return
+        if sweeper.get("storage") is None:
+            with read_write(sweeper):
+                sweeper.storage = f"sqlite:///{store_folder(config.tracking.get('uri')) / 'optuna.db'}"
+        if str(sweeper.storage).startswith("sqlite:///"):
+            stamp_optuna_storage(sweeper.storage)
+        done = trials_so_far(sweeper.storage, sweeper.study_name)
+        if done and sweeper.get("sampler", {}).get("seed") is not None:
+            with read_write(sweeper):  # a seeded sampler would draw the first search's points again
+                sweeper.sampler.seed = int(sweeper.sampler.seed) + done
+        log.info("Optuna study %r in %s: %d trials so far; the same command continues it", sweeper.study_name,
+                 sweeper.storage, done)
+
+
+def trials_so_far(storage: str, study_name: str) -> int:
+    """How many trials (of any state) the study at `storage` has; 0 when there is no such study yet."""
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:  # no such study yet
+        return 0
+
+
+def stamp_optuna_storage(url: str) -> None:
+    """Creates Optuna's tables at `url` and records their schema version, committed. The Optuna that
+    hydra-optuna-sweeper pins (2.10) records it on a connection SQLAlchemy 2 rolls back, and then refuses
+    its own new storage ("assert version is not None"); a storage already stamped is left alone."""
+    import alembic.migration
+    import alembic.script
+    import sqlalchemy
+    from optuna.storages import _rdb
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        _rdb.models.BaseModel.metadata.create_all(engine)
+        with engine.begin() as connection:
+            context = alembic.migration.MigrationContext.configure(connection)
+            if context.get_current_revision() is None:
+                scripts = alembic.script.ScriptDirectory(str(Path(_rdb.__file__).parent / "alembic"))
+                context.stamp(scripts, scripts.get_current_head())
+    finally:
+        engine.dispose()

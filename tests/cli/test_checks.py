@@ -1,0 +1,92 @@
+"""Settings are checked before anything runs: unknown keys (with or without `+`), wrong types and values out
+of range are refused with the key named, and the entry point says so in one line before torch loads."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from conftest import REPO
+from detection.cli.checks import check_train
+from detection.engine.settings import SettingsError, TrainerSettings
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.mark.parametrize("override, named", [
+    ("+trainer.max_epoch=3", "max_epoch"),
+    ("+sed=1", "sed"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0"),
+    ("trainer.log_every=0", "trainer.log_every=0"),
+    ("trainer.grad_clip=-1", "trainer.grad_clip=-1"),
+    ("trainer.grad_clip=0", "trainer.grad_clip=0"),
+    ("trainer.limit_train_images=0", "trainer.limit_train_images=0"),
+    ("trainer.batch_size=0", "trainer.batch_size=0"),
+    ("trainer.num_workers=-1", "trainer.num_workers=-1"),
+    ("trainer.checkpoint_every=0", "trainer.checkpoint_every=0"),
+    ("trainer.keep_last=0", "trainer.keep_last=0"),
+    ("trainer.amp=maybe", "trainer.amp='maybe'"),
+    ("seed=-1", "seed=-1"),
+    ("seed=4294967296", "seed=4294967296"),
+    ("model.score_threshold=2", "model.score_threshold=2: must be numbers >= 0 and <= 1"),
+    ("model.nms_threshold=-1", "model.nms_threshold=-1: must be numbers >= 0 and <= 1"),
+    ("model.iou_threshold=0", "model.iou_threshold=0: must be numbers > 0.0 and <= 1"),
+    ("model.detections_per_image=0", "model.detections_per_image=0: must be whole numbers >= 1"),
+    ("scheduler=cosine scheduler.min_factor=-1", "scheduler.min_factor=-1: must be numbers >= 0 and <= 1"),
+    ("scheduler.warmup_factor=0", "scheduler.warmup_factor=0"),
+    ("scheduler.milestones=[0.5,1.5]", "scheduler.milestones=[0.5, 1.5]: must be numbers > 0.0 and <= 1"),
+    ("anchors.image_size=0", "anchors.image_size=0: must be whole numbers >= 32"),
+    ("anchors=ssd300 anchors.aspect_ratios=[[0],[2,3],[2,3],[2,3],[2],[2]]", "anchors.aspect_ratios=[[0], [2, 3]"),
+    ("anchors=ssd300 anchors.box_sizes=[30,60,111,162,213,264,-315]", "anchors.box_sizes="),
+    ("model=maskrcnn model.min_size=0", "model.min_size=0"),
+    ("dataset.classes=[]", r"dataset.classes=[]: give a list of one or more class names"),
+    ("dataset.classes=[a,b,a]", "dataset.classes lists ['a'] more than once"),
+    ("dataset.classes=person", "dataset.classes='person' is one name, not a list: write dataset.classes=[person]"),
+])
+def test_a_bad_setting_is_refused_naming_its_key(compose_train, override, named):
+    cfg = compose_train(*override.split())
+    with pytest.raises(SettingsError, match=re.escape(named)):
+        check_train(cfg)
+
+
+@pytest.mark.parametrize("override, named", [("seed=abc", "seed"), ("trainer.max_epochs=many", "max_epochs"),
+                                             ("trainer.epochz=3", "trainer.epochz"),
+                                             ("trainer.progress=perhaps", "progress")])
+def test_a_wrong_type_or_unknown_key_is_refused_by_hydra_at_compose_time(compose_train, override, named):
+    with pytest.raises(ConfigCompositionException, match=named):
+        compose_train(override)
+
+
+def test_good_settings_pass_and_come_back_typed(compose_train):
+    settings = check_train(compose_train("trainer.grad_clip=1", "trainer.amp=true", "seed=7"))
+    assert settings == TrainerSettings(grad_clip=1.0, amp=True)
+
+
+def test_the_entry_point_refuses_in_one_line_before_torch_is_imported(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "trainer.log_every=0", "tracking=none",
+                             f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 2
+    assert result.stdout.strip().endswith("[ERROR] - trainer.log_every=0: must be an integer >= 1")
+    assert len(result.stdout.strip().splitlines()) == 1
+    assert not [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported and "hydra" in imported
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("script, arguments, named", [
+    ("evaluate.py", ["ckpt_path=x.pt", "+robustness=true"], "unknown key(s) ['robustness']"),
+    ("evaluate.py", [], "ckpt_path is required: give it on the command line (ckpt_path=...)"),
+    ("predict.py", ["ckpt_path=x.pt", "source=a", "+tta=[flip]"], "unknown key(s) ['tta']"),
+    ("export.py", ["ckpt_path=x.pt", "+opset=11"], "unknown key(s) ['opset']"),
+])
+def test_every_entry_point_refuses_keys_it_does_not_know_and_unset_ones_in_one_line(tmp_path, script, arguments,
+                                                                                  named):
+    result = subprocess.run([sys.executable, str(REPO / script), *arguments, f"hydra.run.dir={tmp_path}/run"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and named in result.stdout, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
