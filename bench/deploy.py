@@ -27,7 +27,7 @@ from common import LAYOUTS, REPO, VOC_CLASSES, build_model, device_name
 from detection.data.samples import read_pixels
 from detection.data.sources import ImageFiles, collate_files
 from detection.engine.prediction import PredictionWriter, predict_batches
-from detection.models.export import ExportedDetector, export_onnx, export_torchscript
+from detection.models.deployment import ExportedDetector, export_onnx, export_torchscript
 from detection.cli.assembly import model_from_checkpoint
 
 BCCD = Path(os.environ.get("BCCD_ROOT", REPO.parent / "shared" / "data" / "BCCD_Dataset" / "BCCD")) / "JPEGImages"

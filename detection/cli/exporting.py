@@ -35,7 +35,7 @@ def run_export(cfg: DictConfig) -> Path:
     from detection.cli.assembly import model_from_checkpoint
     from detection.cli.job import run_dir
     from detection.cli.sweep import model_label
-    from detection.models.export import ExportedDetector, check_parity, export_onnx, export_torchscript, exportable
+    from detection.models.deployment import ExportedDetector, check_parity, export_onnx, export_torchscript, exportable
 
     model, trained, checkpoint = model_from_checkpoint(Path(cfg.ckpt_path))
     module = exportable(model)  # refuses what cannot be exported, before anything is written

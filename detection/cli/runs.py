@@ -11,7 +11,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -24,9 +24,11 @@ from detection.cli.sweep import label_of
 from detection.engine.checkpoint import load_checkpoint
 from detection.engine.loop import TrainingInterrupted
 from detection.evaluation import METRIC_GUIDE
-from detection.models.export import export_torchscript
+from detection.models.deployment import export_torchscript
 from detection.models.images import as_float_image
-from detection.tracking import NullTracker, Tracker, flatten, sweep_parent
+from detection.cli.schema import DEFAULT_STORE
+from detection.tracking import NullTracker, Tracker
+from detection.tracking.sweeps import sweep_parent
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,9 @@ TRACKING_SPOOL = "tracking_spool.jsonl"  # in a run directory: the records its t
 
 def build_tracker(tracking: DictConfig, *, experiment_name: str, run_name: str) -> Tracker:
     """The configured tracker, with the experiment and run names it was not given filled in."""
+    store = {"uri": tracking.get("uri") or DEFAULT_STORE} if "uri" in tracking else {}
     return instantiate(tracking, experiment_name=tracking.get("experiment_name") or experiment_name,
-                       run_name=tracking.get("run_name") or run_name)
+                       run_name=tracking.get("run_name") or run_name, **store)
 
 
 # keys that say how a run reports, not what it trains: neither params nor part of a run's name
@@ -44,6 +47,18 @@ QUIET_KEYS = ("tracking.", "tracking=", "trainer.progress", "trainer.log_every",
 
 
 INSTANTIATION_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optimizer': {'lr': 0.1}} -> {'optimizer.lr': 0.1}; lists stay whole values."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def run_params(cfg: DictConfig) -> dict[str, str]:

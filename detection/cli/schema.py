@@ -17,6 +17,9 @@ from omegaconf import MISSING
 from detection.engine.settings import TrainerSettings
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"  # the config groups, beside the package
+# the tracking store when neither tracking.uri nor MLFLOW_TRACKING_URI names one: one store for every run,
+# wherever Hydra puts a job's outputs, beside conf/ (its artifacts go to mlartifacts/ beside it)
+DEFAULT_STORE = f"sqlite:///{CONFIG_DIR.parent / 'mlflow.db'}"
 
 @dataclass
 class TrainConfig:

@@ -11,8 +11,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from detection.tracking import (end_parent_run, experiment_label, start_parent_run, store_folder, summarise_sweep,
-                                sweep_parent, write_sweep_parent)
+from detection.cli.schema import CONFIG_DIR, DEFAULT_STORE
+from detection.tracking.stores import store_folder
+from detection.tracking.sweeps import (end_parent_run, experiment_label, start_parent_run, summarise_sweep, sweep_parent,
+                                       write_sweep_parent)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class MlflowSweepCallback(Callback):
                                                       for key, value in swept.items() if key in ("backbone", "dataset")}}
         experiment_name = tracking.get("experiment_name") or label_of(config, choices)
         swept_overrides = [o for o in overrides if o.split("=", 1)[0] in swept_keys] or swept_keys
-        self._uri = tracking.get("uri")
+        self._uri = tracking.get("uri") or DEFAULT_STORE
         self._parent = start_parent_run(
             self._uri, experiment_name=experiment_name,
             run_name=tracking.get("run_name") or " ".join(["sweep", *swept_overrides]),
@@ -73,7 +75,7 @@ class MlflowSweepCallback(Callback):
             return
         parent = sweep_parent(Path(config.hydra.sweep.dir))
         if parent is not None:
-            self._summarise(config.tracking.get("uri"), parent["run_id"])
+            self._summarise(config.tracking.get("uri") or DEFAULT_STORE, parent["run_id"])
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"
@@ -82,7 +84,7 @@ class MlflowSweepCallback(Callback):
         self._end("FINISHED", results if results.is_file() else None)
 
     @staticmethod
-    def _summarise(uri: Optional[str], parent: str) -> None:
+    def _summarise(uri: str, parent: str) -> None:
         try:
             summarise_sweep(uri, parent)
         except Exception as error:  # the sweep and its end go on without the summary
@@ -106,7 +108,8 @@ class OptunaStudyCallback(Callback):
             return
         if sweeper.get("storage") is None:
             with read_write(sweeper):
-                sweeper.storage = f"sqlite:///{store_folder(config.tracking.get('uri')) / 'optuna.db'}"
+                folder = store_folder(config.tracking.get("uri") or DEFAULT_STORE) or CONFIG_DIR.parent
+                sweeper.storage = f"sqlite:///{folder / 'optuna.db'}"
         if str(sweeper.storage).startswith("sqlite:///"):
             stamp_optuna_storage(sweeper.storage)
         done = trials_so_far(sweeper.storage, sweeper.study_name)

@@ -19,7 +19,7 @@ from detection.data.coco import COCODetection
 from detection.data.samples import read_pixels
 from detection.data.voc import VOCDetection
 from detection.evaluation import DetectionEvaluator
-from detection.tracking import MlflowKeys
+from detection.tracking.mlflow_tracker import MlflowKeys
 from detection.visualize import draw_detections, drawable_names, save_precision_recall_plot
 
 pytestmark = pytest.mark.faults

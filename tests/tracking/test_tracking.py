@@ -13,8 +13,10 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO, SMALL_SHAPES, free_port, run_script, serve_mlflow, stop_server
-from detection.tracking import (MAX_PARAM_LENGTH, MlflowKeys, MlflowTracker, Outbox, StoreUnreachable, _param_value,
-                                flatten)
+from detection.tracking.mlflow_tracker import MAX_PARAM_LENGTH, MlflowKeys, MlflowTracker, _param_value
+from detection.tracking.outbox import Outbox
+from detection.cli.runs import flatten
+from detection.tracking.stores import StoreUnreachable
 
 SMOKE = ["debug=smoke", "backbone=resnet18", "anchors=shapes128", *SMALL_SHAPES, "tracking.system_metrics_interval=1"]
 QUICK_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}

@@ -19,7 +19,7 @@ from detection.data.loader import build_loader
 from detection.data.samples import read_pixels
 from detection.engine.inference import evaluate
 from detection.evaluation import DetectionEvaluator
-from detection.models.export import (ContractModel, ExportedDetector, ExportParityError, check_parity,
+from detection.models.deployment import (ContractModel, ExportedDetector, ExportParityError, check_parity,
                                      export_onnx, export_torchscript)
 from detection.cli.assembly import build_model, model_from_checkpoint
 
