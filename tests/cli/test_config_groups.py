@@ -5,6 +5,7 @@ from dataclasses import asdict
 import pytest
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -154,3 +155,11 @@ def test_defaults_are_written_once_in_the_schema(compose_train):
         assert set(yaml.safe_load((REPO / "conf" / f"{name}.yaml").read_text())) == {"defaults"}, name
     assert not (REPO / "conf" / "trainer").exists()
     assert OmegaConf.to_container(compose_train().trainer) == asdict(TrainerSettings())
+
+
+@pytest.mark.parametrize("search", options("hparams_search"))
+def test_every_search_space_composes_with_a_study_name_that_resolves(search):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hparams_search={search}", "tracking=none", "backbone=resnet18",
+                                          "anchors=shapes128"], return_hydra_config=True)
+    assert OmegaConf.select(cfg, "hydra.sweeper.study_name") == f"{search}_ssd128_resnet18_shapes"
