@@ -294,14 +294,16 @@ class MlflowTracker:
         self._outbox.close()
         counts = {name: dict(count) for name, count in self._outbox.counts.items() if count}
         hint = ui_hint(self.uri, self._experiment_id, self.run_id)
-        if not self._outbox.counts["spooled"]:
+        if not (self._outbox.counts["spooled"] or self._outbox.counts["lost"]):
             log.info("MLflow run %s ended %s (%s); to see it: %s", self.run_id, status, counts or "nothing logged",
                      hint)
-        else:
-            where = self._outbox.spool or "nowhere: no spool file was given"
+        elif self._outbox.counts["spooled"]:
             log.error("MLflow run %s is incomplete in %s: %s; the records not sent (its end %s among them) are kept "
                       "in %s; send them when the store answers with: python -m detection.tracking %s", self.run_id,
-                      self.uri, counts, status, where, shlex.quote(str(where)))
+                      self.uri, counts, status, self._outbox.spool, shlex.quote(str(self._outbox.spool)))
+        else:
+            log.error("MLflow run %s is incomplete in %s: %s; the records counted lost could not be kept (see "
+                      "above), and the run shows RUNNING there", self.run_id, self.uri, counts)
         self.run_id = None
         for name, value in self._environment.items():  # the process's environment as it was
             if value is None:

@@ -30,13 +30,14 @@ class Outbox:
         send: delivers one record; raises when it cannot.
         refused: whether an exception means the store answered and refused the record.
         spool: the JSON-lines file that keeps records the store did not take (None: they are counted lost).
+        retry_s: while the store does not answer, records are spooled without a try for this long.
         where: the store's URI, for the log.
     """
 
     def __init__(self, send: Callable[[dict], None], *, refused: Callable[[BaseException], bool],
                  spool: Optional[Path], where: str, retry_s: float = 5.0):
         self.send, self.refused, self.spool, self.where, self.retry_s = send, refused, spool, where, retry_s
-        self.counts = {"sent": Counter(), "spooled": Counter(), "refused": Counter()}
+        self.counts = {"sent": Counter(), "spooled": Counter(), "refused": Counter(), "lost": Counter()}
         self.down: Optional[str] = None  # why the store does not answer, while it does not
         self._retry_at = 0.0
         self._queue: "queue.Queue[Optional[dict]]" = queue.Queue()
@@ -69,7 +70,7 @@ class Outbox:
         except StoreDown as error:
             if self.down is None:
                 log.error("the MLflow store at %s did not take a record (%s); training goes on, records are kept "
-                          "in %s and sent when it answers", self.where, error, self.spool or "memory (no spool)")
+                          "in %s and sent when it answers", self.where, error, self.spool or "no file (none was given)")
             self.down, self._retry_at = str(error), time.monotonic() + self.retry_s
             self._keep([record])
 
@@ -86,14 +87,22 @@ class Outbox:
         self.counts["sent"][record["kind"]] += record_size(record)
 
     def _keep(self, records: list[dict]) -> None:
+        """Appends `records` to the spool (counted 'spooled'); without a spool, or one that cannot be written
+        (a full disk), they are counted 'lost' and said so: nothing is dropped silently."""
         with self._lock:
             if self._closed and threading.current_thread() is self._thread:
                 return  # close() has kept it already
-            if self.spool is not None:
+            kept = "spooled"
+            try:
+                if self.spool is None:
+                    raise OSError("no spool file was given")
                 with open(self.spool, "a", encoding="utf-8") as file:
                     file.writelines(json.dumps(record) + "\n" for record in records)
+            except OSError as error:
+                kept = "lost"
+                log.error("%d tracking records lost: they cannot be kept (%s)", len(records), error)
             for record in records:
-                self.counts["spooled"][record["kind"]] += record_size(record)
+                self.counts[kept][record["kind"]] += record_size(record)
 
     def close(self, stall_s: float = 10.0) -> None:
         """Sends what is queued, waiting as long as records keep going out (at most `stall_s` without one);

@@ -300,3 +300,15 @@ def test_a_store_outage_of_20_s_loses_no_value(tmp_path, mlflow_server, monkeypa
         assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
     finally:
         stop_server(server)
+
+
+def test_records_that_cannot_be_kept_are_counted_lost_and_said(tmp_path, caplog):
+    def send(record):
+        raise ConnectionError("store down")
+
+    spool = tmp_path / "missing folder" / "spool.jsonl"  # cannot be written: its folder does not exist
+    outbox = Outbox(send, refused=lambda error: False, spool=spool, where="s")
+    outbox.put({"kind": "metrics", "step": 1, "metrics": {"a": 1.0, "b": 2.0}})
+    outbox.close()
+    assert outbox.counts["lost"] == {"metrics": 2} and not outbox.counts["spooled"] and not spool.exists()
+    assert "tracking records lost: they cannot be kept" in caplog.text
