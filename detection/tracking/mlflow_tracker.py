@@ -26,7 +26,7 @@ MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_TAG_LENGTH = 8000  # and on a tag value
 
 
-REFUSED = ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")  # the store answered and refused one call's values
+REFUSED = ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_DOES_NOT_EXIST")  # the store answered: not this record
 
 
 # MLflow's HTTP limits while a run is tracked, where the user has not set them: a call to a dead server fails
@@ -79,6 +79,17 @@ def refused_by_mlflow(error: BaseException) -> bool:
     from mlflow.exceptions import MlflowException
 
     return isinstance(error, MlflowException) and error.error_code in REFUSED
+
+
+def send_kept_record(record: dict) -> None:
+    """`send_record` for a record read back from a spool: one the store refuses (its run is gone, say) is
+    logged and passed over, so that it never holds back the records after it."""
+    try:
+        send_record(record)
+    except Exception as error:
+        if not refused_by_mlflow(error):
+            raise
+        log.error("MLflow refused a kept %s record of run %s, passed over: %s", record["kind"], record["run_id"], error)
 
 
 def send_record(record: dict) -> None:
@@ -162,8 +173,7 @@ class MlflowTracker:
             client = MlflowClient(self.uri)  # made under the lock: making it creates or migrates the store
             self._experiment_id = experiment_id(client, self.uri, self.experiment_name)
             if spool is not None and Path(spool).is_file():
-                log.info("sending the %s records kept in %s", self.uri, spool)
-                replay_spool(Path(spool), send_record)
+                self._send_kept(Path(spool))
             resumed = run_id is not None and self.run_status(run_id) is not None
             if run_id is not None and not resumed:
                 log.warning("the MLflow store at %s holds no run %s (the checkpoint's): the run goes on in a new "
@@ -182,6 +192,15 @@ class MlflowTracker:
         log.info("MLflow run %s in experiment %r; to see it: %s", self.run_id, self.experiment_name,
                  ui_hint(self.uri, self._experiment_id, self.run_id))
         return self.run_id
+
+    def _send_kept(self, spool: Path) -> None:
+        """Sends the records an earlier process kept in `spool`; what still cannot be sent stays there, said
+        (a resume never waits on it)."""
+        try:
+            log.info("%s: %d records kept by an earlier run sent", spool, replay_spool(spool, send_kept_record))
+        except Exception as error:
+            log.warning("%s: the records kept there could not all be sent (%s: %s); they stay there", spool,
+                        type(error).__name__, error)
 
     def _open_run(self, client, run_id: Optional[str], params: Mapping[str, Any], tags: Mapping[str, str],
                   parent_run_id: Optional[str]) -> str:

@@ -312,3 +312,18 @@ def test_records_that_cannot_be_kept_are_counted_lost_and_said(tmp_path, caplog)
     outbox.close()
     assert outbox.counts["lost"] == {"metrics": 2} and not outbox.counts["spooled"] and not spool.exists()
     assert "tracking records lost: they cannot be kept" in caplog.text
+
+
+def test_a_spool_of_a_run_the_store_lacks_never_holds_back_a_resume(tmp_path, caplog):
+    """A resume on another store finds the earlier run's spool: its records, refused there, are passed over."""
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    spool = tmp_path / "tracking_spool.jsonl"
+    spool.write_text(json.dumps({"kind": "metrics", "step": 3, "timestamp": 0, "metrics": {"val/map": 0.5},
+                                 "run_id": "0123456789abcdef0123456789abcdef", "uri": store}) + "\n")
+    tracker = MlflowTracker(uri=store, experiment_name="e", run_name="r", system_metrics=False)
+    tracker.start(params={}, tags={}, spool=spool)
+    tracker.log_metrics({"val/map": 0.6}, step=4)
+    tracker.end()
+    [run] = all_runs(MlflowClient(store))
+    assert run.data.metrics == {"val/map": 0.6} and run.info.status == "FINISHED" and not spool.exists()
+    assert "refused a kept metrics record of run 0123456789abcdef0123456789abcdef" in caplog.text
