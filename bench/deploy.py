@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from common import LAYOUTS, REPO, VOC_CLASSES, build_model, device_name
 from detection.data.samples import read_pixels
 from detection.data.sources import ImageFiles, collate_files
-from detection.engine.prediction import PredictionWriter, predict_batches
+from detection.prediction import PredictionWriter, predict_batches
 from detection.models.deployment import ExportedDetector, export_onnx, export_torchscript
 from detection.cli.assembly import model_from_checkpoint
 

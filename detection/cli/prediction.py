@@ -18,7 +18,7 @@ def run_prediction(cfg: DictConfig) -> dict[str, float]:
     from detection.cli.job import run_dir as job_dir
     from detection.data.sources import ImageFiles, VideoFrames, VideoWriter, collate_files, image_files, is_video
     from detection.engine.device import resolve_device
-    from detection.engine.prediction import PredictionWriter, predict_batches
+    from detection.prediction import PredictionWriter, predict_batches
     from detection.models.deployment import ExportedDetector
 
     if cfg.model_path:  # an exported file, run as it would be deployed (on the CPU)

@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from conftest import run_script
-from detection.engine.prediction import coco_records
+from detection.prediction import coco_records
 from detection.data.samples import read_pixels
 from detection.cli.assembly import model_from_checkpoint
 

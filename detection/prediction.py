@@ -1,39 +1,23 @@
-"""A model's detections on unlabelled images: batched and timed, written as COCO result records with
-per-image timing, and drawn (into images, or into a video's frames)."""
+"""A model's detections on unlabelled images, through the inference loop evaluation uses: batched and timed,
+written as COCO result records with per-image timing, and drawn (into images, or into a video's frames)."""
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
 from torchvision.ops import box_convert
-from tqdm import tqdm
 
 from detection.data.sources import VideoWriter
-from detection.engine.precision import FP32, Precision
+from detection.engine.inference import infer
+from detection.engine.precision import EVALUATION, Precision
 from detection.evaluation.coco import encode_masks
 from detection.visualize import MASK_THRESHOLD, draw_detections, save_image
 
 log = logging.getLogger(__name__)
 NO_TARGET = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: list[torch.Tensor], *, device: torch.device, precision: Precision = FP32
-            ) -> tuple[list[dict[str, torch.Tensor]], float]:
-    """The eval-mode model's detections for uint8 [3, H, W] images, on the CPU in fp32 ('boxes' xyxy pixels
-    of each image, 'labels' int64, 'scores', 'masks' [K, 1, H, W] where the model predicts them), and the
-    seconds the call took, the device synchronised."""
-    model.eval()
-    start = time.perf_counter()
-    with precision.autocast(device):
-        predictions = model([image.to(device, non_blocking=True) for image in images])
-    predictions = [{key: (value.float() if value.is_floating_point() else value).cpu() for key, value in p.items()}
-                   for p in predictions]
-    return predictions, time.perf_counter() - start
 
 
 def coco_records(prediction: dict[str, torch.Tensor], *, file_name: str, image_id: int, class_names: Sequence[str],
@@ -84,6 +68,13 @@ class PredictionWriter:
         else:
             save_image(drawn, self.folder / "images" / self.unique(name))
 
+    def add_batch(self, predictions: list[dict[str, torch.Tensor]], readable: list[tuple[str, torch.Tensor]],
+                  seconds: float) -> None:
+        """A batch's detections (on any device) for its (name, image) pairs, each image with its share of
+        the batch's `seconds`."""
+        for (name, image), prediction in zip(readable, predictions, strict=True):
+            self.add(name, image, {key: value.cpu() for key, value in prediction.items()}, seconds / len(readable))
+
     def unique(self, name: str) -> str:
         """`name`, or `name` with a number added when two sources share it (a glob over several folders)."""
         stem, suffix = Path(name).stem, Path(name).suffix
@@ -111,17 +102,18 @@ class PredictionWriter:
 
 
 def predict_batches(model: nn.Module, batches: Iterable[list[tuple[str, Optional[torch.Tensor], Optional[str]]]],
-                    writer: PredictionWriter, *, device: torch.device, precision: Precision = FP32,
+                    writer: PredictionWriter, *, device: torch.device, precision: Precision = EVALUATION,
                     total: Optional[int] = None, progress: bool = True) -> None:
-    """Runs `model` over batches of (name, uint8 [3, H, W] image or None, error or None), each readable image's
-    detections to `writer` with its share of the batch's time, each unreadable one skipped and listed."""
-    for batch in tqdm(batches, total=total, desc="predict", disable=not progress, dynamic_ncols=True):
-        for name, image, error in batch:
-            if image is None:
-                writer.skip(name, error)
-        readable = [(name, image) for name, image, _ in batch if image is not None]
-        if not readable:
-            continue
-        predictions, seconds = predict(model, [image for _, image in readable], device=device, precision=precision)
-        for (name, image), prediction in zip(readable, predictions):
-            writer.add(name, image, prediction, seconds / len(readable))
+    """Runs `model` over batches of (name, uint8 [3, H, W] image or None, error or None) through the one
+    inference loop (`engine.inference.infer`, timed): each readable image's detections to `writer` with
+    its share of the batch's time, each unreadable one skipped and listed."""
+    def readable_batches():
+        for batch in batches:
+            for name, image, error in batch:
+                if image is None:
+                    writer.skip(name, error)
+            readable = [(name, image) for name, image, _ in batch if image is not None]
+            yield [image for _, image in readable], readable
+
+    infer(model, readable_batches(), writer.add_batch, device=device, precision=precision, timed=True,
+          progress=progress, desc="predict", total=total)
