@@ -26,6 +26,7 @@ from detection.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
+
 def build_model(cfg: DictConfig, *, pretrained: bool = True) -> torch.nn.Module:
     """`instantiate(cfg.model)`: the model group builds itself as it is. `pretrained=False` builds it without
     the weight files its config names (a checkpoint's weights replace them), given to `instantiate` as

@@ -4,7 +4,7 @@ a model part composed where the model does not use it. Each refusal is a Setting
 
 import re
 from dataclasses import fields
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,17 +16,27 @@ from detection.engine.settings import SettingsError, TrainerSettings, check_at_l
 MODEL_PARTS = ("backbone", "anchors", "fpn")  # groups a model config composes and interpolates
 
 
-# (key, lowest, highest, whole number): where a number is a list, each of its numbers (aspect ratios: each
-# of each map's); the lowest excluded where it is a float 0 (a box size, a ratio or a factor of 0 is nonsense)
-RANGES = (("model.score_threshold", 0, 1, False), ("model.nms_threshold", 0, 1, False),
-          ("model.iou_threshold", 0.0, 1, False), ("model.detections_per_image", 1, None, True),
-          ("model.candidates_per_class", 1, None, True), ("model.min_size", 1, None, True),
-          ("model.max_size", 1, None, True), ("anchors.image_size", 32, None, True),
-          ("anchors.feature_map_sizes", 1, None, True), ("anchors.steps", 0.0, None, False),
-          ("anchors.box_sizes", 0.0, None, False), ("anchors.aspect_ratios", 0.0, None, False),
-          ("scheduler.warmup_steps", 0, None, True), ("scheduler.warmup_factor", 0.0, 1, False),
-          ("scheduler.min_factor", 0, 1, False), ("scheduler.gamma", 0.0, 1, False),
-          ("scheduler.milestones", 0.0, 1, False))
+class Range(NamedTuple):
+    """A setting's allowed numbers (where it is a list, each of its numbers; aspect ratios: each of each
+    map's): from `lowest` (excluded with `above`: a box size, a ratio or a factor of 0 is nonsense) to
+    `highest`, whole numbers only with `whole`."""
+
+    key: str
+    lowest: float
+    highest: Optional[float] = None
+    whole: bool = False
+    above: bool = False
+
+
+RANGES = (Range("model.score_threshold", 0, 1), Range("model.nms_threshold", 0, 1),
+          Range("model.iou_threshold", 0.0, 1, above=True), Range("model.detections_per_image", 1, whole=True),
+          Range("model.candidates_per_class", 1, whole=True), Range("model.min_size", 1, whole=True),
+          Range("model.max_size", 1, whole=True), Range("anchors.image_size", 32, whole=True),
+          Range("anchors.feature_map_sizes", 1, whole=True), Range("anchors.steps", 0.0, above=True),
+          Range("anchors.box_sizes", 0.0, above=True), Range("anchors.aspect_ratios", 0.0, above=True),
+          Range("scheduler.warmup_steps", 0, whole=True), Range("scheduler.warmup_factor", 0.0, 1, above=True),
+          Range("scheduler.min_factor", 0, 1), Range("scheduler.gamma", 0.0, 1, above=True),
+          Range("scheduler.milestones", 0.0, 1, above=True))
 
 
 def numbers_in(value: Any) -> list:
@@ -39,17 +49,16 @@ def numbers_in(value: Any) -> list:
 def check_ranges(cfg: DictConfig) -> None:
     """Refuses a value of RANGES' keys outside its range, naming the key and the range (keys the
     configuration does not have are not checked)."""
-    for key, lowest, highest, whole in RANGES:
+    for key, lowest, highest, whole, above in RANGES:
         value = plain_value(OmegaConf.select(cfg, key, default=None))
         if value is None:
             continue
-        kind = "whole numbers" if whole else "numbers"
-        allowed = (f"{kind} {'>' if lowest == 0.0 and isinstance(lowest, float) else '>='} {lowest}"
+        allowed = (f"{'whole numbers' if whole else 'numbers'} {'>' if above else '>='} {lowest}"
                    + (f" and <= {highest}" if highest is not None else ""))
         for number in numbers_in(value):
             numeric = isinstance(number, (int, float)) and not isinstance(number, bool)
             if (not numeric or (whole and number != int(number)) or number < lowest
-                    or (number == lowest and isinstance(lowest, float)) or (highest is not None and number > highest)):
+                    or (above and number == lowest) or (highest is not None and number > highest)):
                 raise SettingsError(f"{key}={value!r}: must be {allowed}")
 
 

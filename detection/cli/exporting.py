@@ -42,7 +42,8 @@ def run_export(cfg: DictConfig) -> Path:
     path = Path(cfg.output) if cfg.output else run_dir() / ("model.onnx" if cfg.format == "onnx" else "model.pt")
     resize = getattr(model, "image_size", None) or f"short side {model.transform.min_size[-1]}, long side at most " \
                                                     f"{model.transform.max_size}"
-    metadata = {"class_names": json.dumps(checkpoint["class_names"]), "model": model_label(trained, checkpoint.get("choices", {})),
+    metadata = {"class_names": json.dumps(checkpoint["class_names"]),
+                "model": model_label(trained, checkpoint.get("choices", {})),
                 "image_size": str(resize), "checkpoint": str(cfg.ckpt_path), "step": str(checkpoint["step"])}
     images = check_images(trained, cfg.check_images)
     # an SSD's graph is the same whatever the image; an R-CNN's is traced on a real one, whose detections

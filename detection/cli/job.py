@@ -19,6 +19,7 @@ from detection.engine.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
+
 def run_dir() -> Path:
     """This job's output folder (Hydra's run directory)."""
     return Path(HydraConfig.get().runtime.output_dir)

@@ -21,6 +21,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"  # the config groups, 
 # wherever Hydra puts a job's outputs, beside conf/ (its artifacts go to mlartifacts/ beside it)
 DEFAULT_STORE = f"sqlite:///{CONFIG_DIR.parent / 'mlflow.db'}"
 
+
 @dataclass
 class TrainConfig:
     """Top-level keys of `train.yaml`: one node per config group (each checked by what it builds), the

@@ -10,6 +10,7 @@ import yaml
 from detection.cli.schema import CONFIG_DIR
 from detection.engine.settings import SettingsError
 
+
 class UntrustedConfig(SettingsError):
     """A configuration read from a file names a `_target_` this project's config groups do not name."""
 

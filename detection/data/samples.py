@@ -93,8 +93,8 @@ def _check_pixels(path: Path, width: int, height: int, max_image_pixels: Optiona
 
 def image_header(path: Path, max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> tuple[tuple[int, int], int]:
     """From the header alone: the image's (width, height) as it shows upright, and its EXIF orientation
-    (1: stored upright, or a value outside 1..8, which nothing turns; 5 to 8: turned by 90 degrees). ValueError naming the file when it is unreadable or
-    over `max_image_pixels`."""
+    (1: stored upright, or a value outside 1..8, which nothing turns; 5 to 8: turned by 90 degrees).
+    ValueError naming the file when it is unreadable or over `max_image_pixels`."""
     try:
         with Image.open(path) as image:
             (width, height), orientation = image.size, image.getexif().get(EXIF_ORIENTATION, 1)
