@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 
 from common import (LAYOUTS, REPO, add_device_arguments, batch, best_interleaved, build_model, device, device_name,
                     image_size)
-from detection.engine.host_reads import HostReads
+from detection.profiling.host_reads import HostReads
 from detection.cli.assembly import model_from_checkpoint
 from detection.engine.step import prepare_network
 

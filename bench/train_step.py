@@ -15,7 +15,7 @@ import torchvision
 
 from common import (LAYOUTS, add_device_arguments, batch, best_interleaved, build_model, device, device_name,
                     image_size, on_device)
-from detection.engine.host_reads import HostReads
+from detection.profiling.host_reads import HostReads
 from detection.engine.precision import FP32, Precision
 from detection.engine.step import TrainStep, prepare_network
 

@@ -14,7 +14,7 @@ from detection.data.sources import VideoWriter
 from detection.engine.inference import infer
 from detection.engine.precision import EVALUATION, Precision
 from detection.evaluation.coco import encode_masks
-from detection.visualize import MASK_THRESHOLD, draw_detections, save_image
+from detection.reporting.drawing import MASK_THRESHOLD, draw_detections, save_image
 
 log = logging.getLogger(__name__)
 NO_TARGET = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}

@@ -39,7 +39,7 @@ def analysis(cfg: DictConfig, spec, boxes: list, class_names: list[str], folder:
 
     from detection.anchor_fitting.coverage import match_split, report
     from detection.models.anchors import generate_anchors, prior_shapes
-    from detection.visualize import save_anchor_plots
+    from detection.reporting.plots import save_anchor_plots
 
     counts = [cells * cells * per_location for cells, per_location in zip(spec.feature_map_sizes,
                                                                           spec.anchors_per_location)]

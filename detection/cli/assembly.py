@@ -16,7 +16,7 @@ from detection.cli.runs import ended_with_status, start_tracking
 from detection.cli.trusted import trusted_checkpoint
 from detection.data.loader import TrainingLoader, build_loader, stop_workers
 from detection.engine import hooks
-from detection.engine.artifacts import DebugArtifacts
+from detection.reporting.debug_images import DebugArtifacts
 from detection.engine.checkpoint import RunLock
 from detection.engine.distributed import shutdown_distributed
 from detection.engine.precision import Precision

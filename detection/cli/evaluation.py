@@ -47,7 +47,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     from detection.engine.inference import evaluate
     from detection.engine.precision import EVALUATION
     from detection.evaluation import DetectionEvaluator, validation_metrics
-    from detection.visualize import save_error_plots
+    from detection.reporting.plots import save_error_plots
 
     model, trained, checkpoint = model_from_checkpoint(Path(cfg.ckpt_path))
     dataset = cfg.dataset if cfg.get("dataset") else trained.dataset

@@ -28,7 +28,7 @@ def run(cfg: DictConfig) -> int:
 
     from detection.cli.job import run_dir as job_dir
     from detection.data.audit import ERRORS, WARNINGS, audit_split, error_count, statistics
-    from detection.visualize import save_dataset_plots
+    from detection.reporting.plots import save_dataset_plots
 
     if "root" not in cfg.dataset or "train_split" not in cfg.dataset:
         raise SettingsError(f"dataset={cfg.dataset.name}: inspect reads VOC-layout datasets (dataset.root with "

@@ -8,7 +8,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from detection.engine.artifacts import DebugArtifacts
+from detection.reporting.debug_images import DebugArtifacts
 from detection.engine.checkpoint import CheckpointKeeper
 from detection.engine.distributed import gather_to_all
 from detection.engine.inference import evaluate

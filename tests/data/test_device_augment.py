@@ -20,7 +20,7 @@ from detection.data.device_augment import DeviceSSDAugmentation, colour_jitter, 
 from detection.data.geometry import SSDGeometry, warp_pixels
 from detection.data.loader import build_loader
 from detection.engine.checkpoint import load_checkpoint
-from detection.engine.host_reads import HostReads
+from detection.profiling.host_reads import HostReads
 from detection.engine.step import TrainStep
 
 BCCD = Path(os.environ.get("BCCD_ROOT", SHARED_DATA / "BCCD_Dataset" / "BCCD"))

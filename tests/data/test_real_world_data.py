@@ -20,7 +20,8 @@ from detection.data.samples import read_pixels
 from detection.data.voc import VOCDetection
 from detection.evaluation import DetectionEvaluator
 from detection.tracking.mlflow_tracker import MlflowKeys
-from detection.visualize import draw_detections, drawable_names, save_precision_recall_plot
+from detection.reporting.drawing import draw_detections, drawable_names
+from detection.reporting.plots import save_precision_recall_plot
 
 pytestmark = pytest.mark.faults
 

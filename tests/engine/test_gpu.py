@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import SMALL_SHAPES
-from detection.engine.host_reads import HostReads
+from detection.profiling.host_reads import HostReads
 from detection.engine.precision import Precision
 from detection.engine.step import TrainStep
 from detection.cli.assembly import build_model

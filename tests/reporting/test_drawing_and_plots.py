@@ -4,8 +4,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detection.engine.artifacts import VALIDATION_IMAGES, DebugArtifacts
-from detection.visualize import draw_detections, save_error_plots, save_image, save_precision_recall_plot
+from detection.reporting.debug_images import VALIDATION_IMAGES, DebugArtifacts
+from detection.reporting.drawing import draw_detections, save_image
+from detection.reporting.plots import save_error_plots, save_precision_recall_plot
 
 
 def test_ground_truth_is_green_predictions_red_and_small_images_enlarged(tmp_path):

@@ -12,7 +12,8 @@ from torch import nn
 
 from detection.evaluation import DetectionEvaluator, class_aps
 from detection.tracking import Tracker
-from detection.visualize import draw_detections, save_error_plots, save_image, save_precision_recall_plot
+from detection.reporting.drawing import draw_detections, save_image
+from detection.reporting.plots import save_error_plots, save_precision_recall_plot
 
 VALIDATION_IMAGES = 8  # validation debug images take turns among this many
 
