@@ -2,6 +2,7 @@
 not know (Hydra's `+key=` adds them) or that are unset, values out of range, a class list that is not one,
 a model part composed where the model does not use it. Each refusal is a SettingsError naming the key."""
 
+import os
 import re
 from dataclasses import fields
 from typing import Any, NamedTuple, Optional
@@ -11,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from detection.cli.schema import (AnchorToolsConfig, EvaluateConfig, ExportConfig, InspectDataConfig, PredictConfig,
                                   TrainConfig)
 from detection.data.classes import checked_class_names
-from detection.engine.settings import SettingsError, TrainerSettings, check_at_least, check_seed
+from detection.engine.settings import SettingsError, TrainerSettings, check_at_least, check_seed, unknown_key
 
 MODEL_PARTS = ("backbone", "anchors", "fpn")  # groups a model config composes and interpolates
 
@@ -84,7 +85,7 @@ def check_keys(cfg: DictConfig, schema: type) -> None:
     known = sorted(field.name for field in fields(schema))
     unknown = sorted(set(cfg) - set(known))
     if unknown:
-        raise SettingsError(f"unknown key(s) {unknown}; known: {known}")
+        raise SettingsError(unknown_key(unknown[0], known))
     unset = [key for key in cfg.keys() if OmegaConf.is_missing(cfg, key)]
     if unset:
         raise SettingsError(f"{unset[0]} is required: give it on the command line ({unset[0]}=...)")
@@ -99,6 +100,7 @@ def check_train(cfg: DictConfig) -> TrainerSettings:
     check_ranges(cfg)
     check_model_parts(cfg)
     check_augment_on_device(cfg)
+    check_masks(cfg)
     return TrainerSettings.from_mapping(OmegaConf.to_container(cfg.trainer, resolve=True))
 
 
@@ -116,9 +118,35 @@ def check_model_parts(cfg: DictConfig) -> None:
 def check_augment_on_device(cfg: DictConfig) -> None:
     """Refuses augment=ssd_gpu for Mask R-CNN: the device's augmentation moves no instance masks."""
     on_device = str(cfg.get("augment", {}).get("_target_", "")).endswith(".DeviceSSDAugmentation")
-    if on_device and "maskrcnn" in str(cfg.model.get("_target_", "")):
+    if on_device and trains_on_masks(cfg):
         raise SettingsError("augment=ssd_gpu moves boxes but no instance masks, which Mask R-CNN trains on: "
                             "use the loader's augmentation (augment=basic or augment=none) for model=maskrcnn")
+
+
+def trains_on_masks(cfg: DictConfig) -> bool:
+    return str(cfg.model.get("_target_", "")).endswith(".build_maskrcnn")
+
+
+def check_masks(cfg: DictConfig) -> None:
+    """Refuses model=maskrcnn on a dataset read without instance masks, before anything is built, naming
+    the folder the masks would come from and the box-only model."""
+    if not trains_on_masks(cfg):
+        return
+    for split in ("train", "val"):
+        node = cfg.dataset.get(split)
+        target = str(node.get("_target_", ""))
+        if node.get("with_masks") or target.endswith("build_shapes_dataset"):
+            continue
+        if "root" not in node:  # COCO: its annotation file's segmentations
+            remedy = "set dataset.with_masks=true"
+        else:
+            folders = [f"{node.root}/{year}/SegmentationObject" for year, _ in node.sets] if "sets" in node \
+                else [f"{node.root}/SegmentationObject"]
+            missing = [folder for folder in folders if not os.path.isdir(folder)]
+            remedy = f"{', '.join(missing)} does not exist" if missing else \
+                f"add +dataset.{split}.with_masks=true to read {', '.join(folders)}"
+        raise SettingsError(f"model=maskrcnn trains on instance masks, but dataset.{split} gives boxes only "
+                            f"({remedy}): for box-only data use model=fasterrcnn")
 
 
 def check_loading(cfg: DictConfig) -> None:

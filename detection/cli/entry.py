@@ -9,16 +9,20 @@ a sweeper optimises.
         return run_training(cfg)["val/map"]
 """
 
+import difflib
 import functools
 import logging
+import os
 import sys
 from typing import Any, Callable
 
 import hydra
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from detection.cli.schema import CONFIG_DIR, register
-from detection.engine.settings import SettingsError
+from detection.engine.settings import SettingsError, unknown_key
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ def entry_point(config_name: str, *, check: Callable[[DictConfig], Any],
     def wrap(job: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         @functools.wraps(job)  # Hydra names the job (its log file, its run folder) after the wrapped script
         def checked(cfg: DictConfig) -> Any:
+            composing.end()
             try:
                 check(cfg)
                 return job(cfg)
@@ -42,6 +47,51 @@ def entry_point(config_name: str, *, check: Callable[[DictConfig], Any],
                 log.error("%s", error)
                 sys.exit(2)
 
-        return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(checked)
+        composing = Composing()
+        hydra_main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(checked)
+        return functools.wraps(job)(lambda: composing.run(hydra_main))
 
     return wrap
+
+
+class Composing:
+    """Hydra's composition errors (a misspelt key or option) in one line that suggests the closest known
+    one, exit status 2. Hydra reports its errors itself unless HYDRA_FULL_ERROR is set, so it is set while
+    Hydra composes and put back as it was when the job starts: the job's own errors are Hydra's to report."""
+
+    def __init__(self):
+        self.started = False
+        self.previous = os.environ.get("HYDRA_FULL_ERROR")
+
+    def run(self, hydra_main: Callable[[], Any]) -> Any:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            return hydra_main()
+        except HydraException as error:
+            if self.started:
+                raise
+            sys.stderr.write(f"error: {composition_error(error)}\n")
+            sys.exit(2)
+        finally:
+            self.end()
+
+    def end(self) -> None:
+        self.started = True
+        if self.previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = self.previous
+
+
+def composition_error(error: HydraException) -> str:
+    """One line for a composition error: the unknown key or option with the closest known one, else
+    Hydra's message folded into a line."""
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key and cause.parent_node is not None:
+        return unknown_key(cause.full_key, [str(key) for key in cause.parent_node.keys()])
+    if isinstance(error, MissingConfigException) and error.options:
+        group, _, option = str(error.missing_cfg_file).rpartition("/")
+        close = difflib.get_close_matches(option, error.options, n=1, cutoff=0.5)
+        hint = f"did you mean {group}={close[0]}? " if close else ""
+        return f"{group}={option} is not an option: {hint}options: {', '.join(error.options)}"
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())

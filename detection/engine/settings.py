@@ -4,6 +4,7 @@ This module imports nothing heavy (no torch), so an entry point can check a comp
 before it imports torch: a misspelt key or a nonsense value costs a second, not a model build.
 """
 
+import difflib
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -12,6 +13,15 @@ AMP_NAMES = ("auto", "fp16", "bf16")  # besides true and false
 
 class SettingsError(ValueError):
     """A setting with a value the loop cannot run with; the message names the key."""
+
+
+def unknown_key(key: str, known) -> str:
+    """'<key> is not a setting' with the closest of `known` suggested (`trainer.epochs` -> `trainer.max_epochs`):
+    the line an unknown key is refused with. `known`: the keys beside it, named as `key`'s last part is."""
+    parent, _, name = key.rpartition(".")
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
+    return f"{key} is not a setting: {hint}known: {', '.join(sorted(known))}"
 
 
 def check_at_least(key: str, value: Any, minimum: int, *, optional: bool = False) -> None:
@@ -85,7 +95,7 @@ class TrainerSettings:
         known = {field.name for field in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SettingsError(f"unknown trainer setting(s) {unknown}; known: {sorted(known)}")
+            raise SettingsError(unknown_key(f"trainer.{unknown[0]}", known))
         return cls(**dict(values))
 
 

@@ -1,4 +1,4 @@
-"""Detectors as files to serve: the whole eval path of an SSD or a Mask R-CNN as one graph (uint8 images in,
+"""Detectors as files to serve: the whole eval path of an SSD or an R-CNN as one graph (uint8 images in,
 detections out), written to ONNX and TorchScript, run back with torchvision's contract, checked against the
 PyTorch model; the same contract on NumPy arrays for MLflow's pyfunc."""
 
@@ -59,56 +59,58 @@ class ExportableSSD(nn.Module):
         return boxes, scores, labels, counts
 
 
-class ExportableMaskRCNN(nn.Module):
-    """A torchvision Mask R-CNN's eval path (resize, normalisation, network, NMS, masks pasted into the
-    image), one image a call, for torchvision's supported ONNX route (the TorchScript-based exporter).
+class ExportableRCNN(nn.Module):
+    """A torchvision Faster or Mask R-CNN's eval path (resize, normalisation, network, NMS, masks pasted into
+    the image), one image a call, for torchvision's supported ONNX route (the TorchScript-based exporter).
 
     forward: images uint8 [1, 3, H, W] RGB (any size) -> boxes float [1, D, 4] xyxy in the input's pixels,
     scores float [1, D], labels int64 [1, D] (1..K), counts int64 [1] (= D: nothing is padded, D varies
-    with the image up to `roi_heads.detections_per_img`) and masks float [1, D, H, W] (each pixel's
-    probability of belonging to the detection, as the model gives them).
+    with the image up to `roi_heads.detections_per_img`) and, for a Mask R-CNN, masks float [1, D, H, W]
+    (each pixel's probability of belonging to the detection, as the model gives them).
     """
 
-    outputs = (*OUTPUTS, "masks")
     opset = 11  # torchvision's exporter tests of its R-CNNs run at opset 11
     batch = "1"
-    contract = ("images: uint8 [1, 3, H, W] RGB, one image a call; out: boxes float [1, D, 4] xyxy in the "
-                "input's pixels, scores float [1, D], labels int64 [1, D] (1..K, class_names[label - 1]), "
-                "counts int64 [1] (= D, best first), masks float [1, D, H, W] (probabilities)")
 
-    def __init__(self, maskrcnn: nn.Module):
+    def __init__(self, rcnn: nn.Module):
         super().__init__()
-        self.maskrcnn = maskrcnn
-        self.limit = maskrcnn.roi_heads.detections_per_img  # D at most
+        self.rcnn = rcnn
+        self.limit = rcnn.roi_heads.detections_per_img  # D at most
+        self.with_masks = rcnn.roi_heads.has_mask()
+        self.outputs = (*OUTPUTS, "masks") if self.with_masks else OUTPUTS
+        self.contract = ("images: uint8 [1, 3, H, W] RGB, one image a call; out: boxes float [1, D, 4] xyxy in "
+                         "the input's pixels, scores float [1, D], labels int64 [1, D] (1..K, "
+                         "class_names[label - 1]), counts int64 [1] (= D, best first)"
+                         + (", masks float [1, D, H, W] (probabilities)" if self.with_masks else ""))
         self.eval()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        detections = self.maskrcnn([images[0]])[0]
+        detections = self.rcnn([images[0]])[0]
         counts = torch._shape_as_tensor(detections["scores"])  # a tensor in the graph, not the example's D
-        return (detections["boxes"][None], detections["scores"][None], detections["labels"][None], counts,
-                detections["masks"][None, :, 0])
+        outputs = (detections["boxes"][None], detections["scores"][None], detections["labels"][None], counts)
+        return (*outputs, detections["masks"][None, :, 0]) if self.with_masks else outputs
 
 
 def exportable(model: nn.Module) -> nn.Module:
-    """The eval-path wrapper a detector is exported through: ExportableSSD or ExportableMaskRCNN."""
+    """The eval-path wrapper a detector is exported through: ExportableSSD or ExportableRCNN."""
     if hasattr(model, "padded_detections"):
         return ExportableSSD(model)
-    if hasattr(model, "roi_heads") and getattr(model.roi_heads, "has_mask", lambda: False)():
-        return ExportableMaskRCNN(model)
-    raise ValueError(f"a {type(model).__name__} cannot be exported: SSD and Mask R-CNN models can")
+    if hasattr(model, "roi_heads"):
+        return ExportableRCNN(model)
+    raise ValueError(f"a {type(model).__name__} cannot be exported: SSD, Faster R-CNN and Mask R-CNN models can")
 
 
 def export_onnx(model: nn.Module, path: Path, *, metadata: dict[str, str], example: torch.Tensor) -> Path:
     """Writes `model`'s whole eval path (`exportable(model)`) to one ONNX file at the wrapper's opset, with
     dynamic height and width (and batch, for an SSD), and `metadata` (with the contract added) in its
-    metadata_props. `example`: uint8 [N, 3, H, W] to trace with (N = 1 for Mask R-CNN)."""
+    metadata_props. `example`: uint8 [N, 3, H, W] to trace with (N = 1 for an R-CNN)."""
     import onnx
 
     module = exportable(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(module, ExportableMaskRCNN):
+    if isinstance(module, ExportableRCNN):
         detections = {"boxes": {1: "detections"}, "scores": {1: "detections"}, "labels": {1: "detections"},
-                      "masks": {1: "detections", 2: "height", 3: "width"}}
+                      **({"masks": {1: "detections", 2: "height", 3: "width"}} if module.with_masks else {})}
         with torch.no_grad(), warnings.catch_warnings():
             # the tracer's warnings on torchvision's code, whose graph its ONNX tests check
             warnings.simplefilter("ignore")
@@ -153,7 +155,7 @@ def export_torchscript(model: nn.Module, path: Path, *, metadata: dict[str, str]
 
 class ContractModel:
     """The exported files' contract on NumPy arrays, MLflow's pyfunc model: called with uint8 [N, 3, H, W]
-    and returning {output name: array} (ExportableSSD's or ExportableMaskRCNN's outputs), as onnxruntime
+    and returning {output name: array} (ExportableSSD's or ExportableRCNN's outputs), as onnxruntime
     returns them for the ONNX file. `of_model` runs the wrapper the files are traced from in PyTorch;
     `of_file` runs an exported file (what the run's logged MLflow model does)."""
 

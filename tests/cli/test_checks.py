@@ -17,7 +17,7 @@ pytestmark = pytest.mark.faults
 
 
 @pytest.mark.parametrize("override, named", [
-    ("+trainer.max_epoch=3", "max_epoch"),
+    ("+trainer.max_epoch=3", "trainer.max_epoch is not a setting: did you mean trainer.max_epochs?"),
     ("+sed=1", "sed"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0"),
     ("trainer.log_every=0", "trainer.log_every=0"),
@@ -45,6 +45,10 @@ pytestmark = pytest.mark.faults
     ("dataset.classes=[]", r"dataset.classes=[]: give a list of one or more class names"),
     ("dataset.classes=[a,b,a]", "dataset.classes lists ['a'] more than once"),
     ("dataset.classes=person", "dataset.classes='person' is one name, not a list: write dataset.classes=[person]"),
+    ("model=maskrcnn dataset=voc_layout dataset.root=/nowhere dataset.classes=[a]",
+     "dataset.train gives boxes only (/nowhere/SegmentationObject does not exist): for box-only data use "
+     "model=fasterrcnn"),
+    ("model=maskrcnn dataset=voc", "VOC2012/SegmentationObject does not exist"),
 ])
 def test_a_bad_setting_is_refused_naming_its_key(compose_train, override, named):
     cfg = compose_train(*override.split())
@@ -58,6 +62,20 @@ def test_a_bad_setting_is_refused_naming_its_key(compose_train, override, named)
 def test_a_wrong_type_or_unknown_key_is_refused_by_hydra_at_compose_time(compose_train, override, named):
     with pytest.raises(ConfigCompositionException, match=named):
         compose_train(override)
+
+
+@pytest.mark.parametrize("override, line", [
+    ("trainer.epochs=3", "error: trainer.epochs is not a setting: did you mean trainer.max_epochs? known: amp,"),
+    ("traner.max_epochs=3", "error: traner is not a setting: did you mean trainer? known: anchors,"),
+    ("dataset.clases=[a]", "error: dataset.clases is not a setting: did you mean dataset.classes? known: classes,"),
+    ("model=sdd", "error: model=sdd is not an option: did you mean model=ssd? options: fasterrcnn, maskrcnn, ssd"),
+])
+def test_a_misspelt_key_or_option_is_one_line_that_suggests_the_closest(tmp_path, override, line):
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), override, f"hydra.run.dir={tmp_path}/run"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith(line), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not result.stdout
+    assert "HYDRA_FULL_ERROR" not in os.environ
 
 
 def test_good_settings_pass_and_come_back_typed(compose_train):
@@ -79,10 +97,10 @@ def test_the_entry_point_refuses_in_one_line_before_torch_is_imported(tmp_path):
 
 
 @pytest.mark.parametrize("script, arguments, named", [
-    ("evaluate.py", ["ckpt_path=x.pt", "+robustness=true"], "unknown key(s) ['robustness']"),
+    ("evaluate.py", ["ckpt_path=x.pt", "+robustness=true"], "robustness is not a setting"),
     ("evaluate.py", [], "ckpt_path is required: give it on the command line (ckpt_path=...)"),
-    ("predict.py", ["ckpt_path=x.pt", "source=a", "+tta=[flip]"], "unknown key(s) ['tta']"),
-    ("export.py", ["ckpt_path=x.pt", "+opset=11"], "unknown key(s) ['opset']"),
+    ("predict.py", ["ckpt_path=x.pt", "source=a", "+tta=[flip]"], "tta is not a setting"),
+    ("export.py", ["ckpt_path=x.pt", "+opset=11"], "opset is not a setting"),
 ])
 def test_every_entry_point_refuses_keys_it_does_not_know_and_unset_ones_in_one_line(tmp_path, script, arguments,
                                                                                   named):

@@ -20,7 +20,8 @@ def train(tmp_path, shapes_root, *overrides):
     return result
 
 
-@pytest.mark.parametrize("model", ["model=ssd backbone=resnet50", "model=ssd backbone=vgg16", "experiment=maskrcnn_shapes"])
+@pytest.mark.parametrize("model", ["model=ssd backbone=resnet50", "model=ssd backbone=vgg16", "experiment=maskrcnn_shapes",
+                                   "experiment=fasterrcnn_shapes"])
 def test_smoke_training_writes_a_checkpoint_and_logs_to_mlflow(tmp_path, shapes_root, model):
     train(tmp_path, shapes_root, *model.split())
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")

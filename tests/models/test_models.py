@@ -72,16 +72,22 @@ def test_ssd_rejects_a_degenerate_target_box(ssd):
         ssd.train()([torch.rand(3, 64, 64)] * 2, targets)
 
 
-def test_maskrcnn_training_and_eval_contract(compose_train):
-    model = build_model(compose_train("model=maskrcnn", "model.min_size=128", "model.max_size=160"))
+@pytest.mark.parametrize("model_option", ["maskrcnn", "fasterrcnn"])
+def test_two_stage_training_and_eval_contract(compose_train, model_option):
+    model = build_model(compose_train(f"model={model_option}", "model.min_size=128", "model.max_size=160"))
     sizes = [(96, 128), (128, 100)]
     images = [torch.rand(3, h, w) for h, w in sizes]
-    losses = model.train()(images, tiny_targets(sizes))
-    assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} <= set(losses)
+    targets = tiny_targets(sizes)
+    if model_option == "fasterrcnn":  # box-only data: no masks in the targets, none in the detections
+        targets = [{key: value for key, value in target.items() if key != "masks"} for target in targets]
+    losses = model.train()(images, targets)
+    assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} <= set(losses)
+    assert ("loss_mask" in losses) == (model_option == "maskrcnn")
     assert torch.isfinite(sum(losses.values()))
     with torch.no_grad():
         detections = model.eval()(images)
-    assert {"boxes", "labels", "scores", "masks"} <= set(detections[0])
+    assert {"boxes", "labels", "scores"} <= set(detections[0])
+    assert ("masks" in detections[0]) == (model_option == "maskrcnn")
 
 
 @pytest.mark.parametrize("overrides", [("backbone=resnet18", "anchors=shapes128"),
