@@ -10,11 +10,12 @@ from omegaconf import DictConfig
 
 from detection.cli.checks import check_train
 from detection.cli.entry import entry_point
+from detection.data.errors import BadSample
 from detection.engine.settings import SettingsError
 
 
-# only settings are one line: in a multirun an exit would stop the sweep, and a failed job's traceback is its record
-@entry_point("train", check=check_train, errors=(SettingsError,))
+# errors of input are one line; any other error is a bug, whose traceback is kept
+@entry_point("train", check=check_train, errors=(SettingsError, BadSample, FileNotFoundError))
 def main(cfg: DictConfig) -> float:
     """Returns val/map, the metric a Hydra sweeper optimises."""
     from detection.cli.training import run_training

@@ -183,8 +183,9 @@ def check_export(cfg: DictConfig) -> None:
 
 
 def check_inspect_data(cfg: DictConfig) -> None:
-    """Refuses unknown or unset keys and a class list that is not one."""
+    """Refuses unknown or unset keys, a negative worker count and a class list that is not one."""
     check_keys(cfg, InspectDataConfig)
+    check_at_least("num_workers", cfg.num_workers, 0)
     check_classes(cfg)
 
 

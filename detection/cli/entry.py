@@ -17,6 +17,8 @@ import sys
 from typing import Any, Callable
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -31,9 +33,8 @@ def entry_point(config_name: str, *, check: Callable[[DictConfig], Any],
                 errors: tuple[type[BaseException], ...] = (SettingsError, FileNotFoundError, ValueError)
                 ) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """Makes `job(cfg)` a Hydra entry point on `conf/<config_name>.yaml`: `check(cfg)` first (it imports no
-    torch), then the job; an error of `errors` is one log line and exit status 2. `train.py` narrows
-    `errors` to SettingsError: in a multirun an exit stops the sweep, and a failed job's traceback is for
-    the sweep to record."""
+    torch), then the job; an error of `errors` is one log line and exit status 2, or in a multirun, where an
+    exit would stop the sweep, one log line and the error raised for the sweep to record as the job's."""
     register()
 
     def wrap(job: Callable[[DictConfig], Any]) -> Callable[[], Any]:
@@ -44,7 +45,9 @@ def entry_point(config_name: str, *, check: Callable[[DictConfig], Any],
                 check(cfg)
                 return job(cfg)
             except errors as error:
-                log.error("%s", error)
+                log.error("%s", one_line(error))
+                if HydraConfig.get().mode == RunMode.MULTIRUN:
+                    raise  # the sweep records the job as failed and goes on to the next
                 sys.exit(2)
 
         composing = Composing()
@@ -81,6 +84,15 @@ class Composing:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = self.previous
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message; for one a loader worker raised (whose message holds the worker's traceback),
+    its original message, the traceback's last line."""
+    message = str(error)
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        return message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return message
 
 
 def composition_error(error: HydraException) -> str:

@@ -1,5 +1,6 @@
-"""A dataset report that finds bad annotations before training does: reads every annotation and image
-header of a VOC-layout dataset's train and val splits, lists each problem with its file, prints statistics
+"""A dataset report that finds bad annotations and images before training does: reads every annotation and
+decodes every image of a VOC-layout dataset's train and val splits (in `num_workers` processes, with a progress
+bar), lists each problem with its file, prints statistics
 and writes dataset_report.json and plots/ into the run directory. Exit status 1 when it finds errors (so it
 can gate a training job), 2 when the dataset cannot be read at all.
 
@@ -27,7 +28,7 @@ def run(cfg: DictConfig) -> int:
     import numpy as np
 
     from detection.cli.job import run_dir as job_dir
-    from detection.data.audit import ERRORS, WARNINGS, audit_split, error_count, statistics
+    from detection.data.audit import ERRORS, WARNINGS, audit_split, error_count, leaked_images, statistics
     from detection.reporting.plots import save_dataset_plots
 
     if "root" not in cfg.dataset or "train_split" not in cfg.dataset:
@@ -36,7 +37,9 @@ def run(cfg: DictConfig) -> int:
     root, class_names = Path(cfg.dataset.root).expanduser(), list(cfg.dataset.classes)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset root not found")
-    audits = [audit_split(root, split, class_names) for split in (cfg.dataset.train_split, cfg.dataset.val_split)]
+    audits = [audit_split(root, split, class_names, workers=cfg.num_workers, progress=cfg.progress)
+              for split in (cfg.dataset.train_split, cfg.dataset.val_split)]
+    leaked_images(*audits)
     run_dir = job_dir()
     report = {}
     for audit in audits:

@@ -120,11 +120,13 @@ class AnchorToolsConfig:
 
 @dataclass
 class InspectDataConfig:
-    """`python -m detection.cli.inspect_data dataset=<a VOC-layout dataset>`: every annotation and image header of
-    both splits read; problems listed by file, statistics and plots; exit status 1 on errors."""
+    """`python -m detection.cli.inspect_data dataset=<a VOC-layout dataset>`: every annotation of both splits
+    read and every image decoded; problems listed by file, statistics and plots; exit status 1 on errors."""
 
     dataset: Any = MISSING
     show: int = 10   # problems printed per kind (all of them go to dataset_report.json)
+    num_workers: int = 2   # processes decoding the images (0: in the inspecting process)
+    progress: bool = True
 
 
 def register() -> None:

@@ -14,6 +14,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from detection.data.errors import BAD_SAMPLE_ADVICE, BadSample
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -225,14 +227,15 @@ def check_size(annotation: Annotation, width: int, height: int) -> None:
 
 
 def load_or_skip(path: Path, load: Callable[[], T], *, skip: bool) -> Optional[T]:
-    """`load()`, one sample's read, checks and augmentation: any failure in it is a ValueError naming `path`,
-    or, with `skip`, logged and None (the collate function drops and counts it)."""
+    """`load()`, one sample's read, checks and augmentation: any failure in it is a BadSample naming `path`
+    and the setting that skips it, or, with `skip`, logged and None (the collate function drops and counts
+    it)."""
     try:
         return load()
     except Exception as error:
         message = str(error) if str(path) in str(error) else f"{path}: {type(error).__name__}: {error}"
         if not skip:
-            raise ValueError(message) from error
+            raise BadSample(f"{message}; {BAD_SAMPLE_ADVICE}") from error
         log.warning("skipped: %s", message)
         return None
 

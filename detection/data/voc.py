@@ -204,7 +204,8 @@ class VOCDetection(AnnotatedImages):
             turned = f" upright (EXIF orientation {orientation})" if orientation != 1 else ""
             raise ValueError(f"{xml_path}: <size> says {objects.size[0]}x{objects.size[1]} but the image "
                              f"{image_path} is {size[0]}x{size[1]}{turned}")
-        self.fixes["images rotated by their EXIF orientation"] += orientation != 1
+        if orientation != 1:  # 3, 6, 8 turn the image; 2, 4, 5, 7 mirror it (5 and 7 turning it too)
+            self.fixes[f"images {'rotated' if orientation in (3, 6, 8) else 'mirrored'} by their EXIF orientation"] += 1
         clipped, keep = clip_to_image(objects.boxes, *size, self.fixes)
         if not keep_difficult:
             keep &= ~objects.difficult

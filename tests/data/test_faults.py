@@ -212,3 +212,19 @@ def test_a_run_whose_every_training_image_is_unreadable_stops_with_one_line(voc,
                         "dataset.on_bad_sample=skip", "tracking=none", cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "epoch 1 made no training step" in output and "Traceback" not in output, output
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_training_on_a_truncated_image_stops_in_one_line_that_names_it_and_the_remedies(voc, tmp_path, workers):
+    val_id = (voc / "ImageSets" / "Main" / "val.txt").read_text().split()[0]
+    image = voc / "JPEGImages" / f"{val_id}.jpg"
+    image.write_bytes(image.read_bytes()[:300])
+    result = run_script("train.py", "debug=smoke", "dataset=voc_layout", f"dataset.root={voc}",
+                        f"dataset.classes=[{','.join(CLASSES)}]", "backbone=resnet18", "anchors=shapes128",
+                        "tracking=none", f"trainer.num_workers={workers}", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = [line for line in (result.stdout + result.stderr).splitlines() if "[ERROR]" in line]
+    assert f"[ERROR] - {image}: unreadable image (OSError: " in line
+    assert line.endswith("dataset.on_bad_sample=skip leaves such samples out (counted and logged); python -m "
+                         "detection.cli.inspect_data lists every bad file of a VOC-layout dataset")
+    assert "Traceback" not in result.stdout + result.stderr

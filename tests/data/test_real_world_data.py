@@ -88,6 +88,17 @@ def test_an_invalid_exif_orientation_turns_nothing_and_is_not_counted(bccd):
 
 
 @needs_bccd
+def test_a_mirrored_photo_is_counted_as_mirrored_not_rotated(bccd):
+    path = bccd / "JPEGImages" / "BloodImage_00000.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 2  # mirrored left to right, not turned
+    Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path, exif=exif, quality=100)
+    dataset = read(bccd)
+    assert dataset.fixes["images mirrored by their EXIF orientation"] == 1
+    assert not dataset.fixes["images rotated by their EXIF orientation"]
+
+
+@needs_bccd
 @pytest.mark.parametrize("size", ["320x240", "1280x960"])
 def test_an_xml_size_that_disagrees_with_the_pixels_is_an_error_naming_both_or_a_counted_skip(bccd, size):
     width, height = size.split("x")
