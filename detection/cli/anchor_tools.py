@@ -10,13 +10,13 @@ prints the command that trains with them (`hydra.searchpath` adds the folder, `a
 
 import json
 import logging
-import shlex
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from detection.cli.checks import check_anchor_tools
+from detection.command_lines import script_command
 from detection.cli.entry import entry_point
 from detection.cli.job import group_choices, run_dir as job_dir
 
@@ -144,7 +144,7 @@ def record_run(cfg: DictConfig, run_dir: Path, result: dict) -> None:
 def training_command(path: Path) -> str:
     """The command that trains with the anchors file at `path` (`<folder>/anchors/<name>.yaml`)."""
     search = f"hydra.searchpath=[file://{path.resolve().parents[1]}]"
-    return f"python train.py {shlex.quote(search)} anchors={path.stem} ..."
+    return f"{script_command('train.py', search, f'anchors={path.stem}')} ..."
 
 
 @entry_point("anchor_tools", check=check_anchor_tools)

@@ -89,8 +89,8 @@ def device_augmentation(train_set) -> Optional[Callable]:
 
 def training_hooks(cfg: DictConfig, settings: TrainerSettings, job: Job, tracker: Tracker, run_dir: Path,
                    val_loader) -> tuple[list[hooks.Hook], hooks.Checkpoints]:
-    """What happens around the steps: metrics, debug images and validation (in that order), and the
-    checkpoints (only the main rank writes them or draws)."""
+    """What happens around the steps: metrics, debug images, validation and the epoch's results (in that
+    order), and the checkpoints (only the main rank writes them or draws)."""
     artifacts = debug_artifacts(cfg, run_dir, tracker, job.precision, job.device) if job.is_main else None
     evaluator = DetectionEvaluator(class_names=list(cfg.dataset.classes),
                                    confusion_score_threshold=settings.confusion_score_threshold)
@@ -99,7 +99,8 @@ def training_hooks(cfg: DictConfig, settings: TrainerSettings, job: Job, tracker
                                   artifacts=artifacts)
     logger = hooks.MetricLogger(tracker, every=settings.log_every, warn_data_wait=settings.warn_data_wait)
     debug_images = [hooks.DebugImages(artifacts)] if artifacts else []
-    return ([logger, *debug_images, validation],
+    results = hooks.EpochResults(run_dir, tracker, max_epochs=settings.max_epochs, is_main=job.is_main)
+    return ([logger, *debug_images, validation, results],
             hooks.Checkpoints(run_dir / "checkpoints", every=settings.checkpoint_every, keep_last=settings.keep_last,
                               is_main=job.is_main))
 

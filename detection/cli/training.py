@@ -60,5 +60,26 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             resumed_from = [Path(cfg.ckpt_path).parent] if cfg.ckpt_path else []
             runs.log_best_model(tracker, model, [run_dir / "checkpoints", *resumed_from], val_loader.dataset,
                                 list(cfg.dataset.classes))
-    log.info("final val/map %.4f; checkpoints in %s", metrics.get("val/map", float("nan")), run_dir / "checkpoints")
+    for line in final_summary(state.history, run_dir / "checkpoints"):
+        log.info("%s", line)
     return metrics
+
+
+def final_summary(history: list[dict], folder) -> list[str]:
+    """The lines a run ends with: the best val/map and its epoch, the last, the checkpoints, and the commands
+    that evaluate and predict with the best (as printed, they run from any shell and folder)."""
+    import math
+
+    from detection.command_lines import script_command
+
+    if not history:
+        return [f"no epoch ended; checkpoints in {folder}"]
+    best = max(history, key=lambda row: -math.inf if math.isnan(row.get("val/map", math.nan)) else row["val/map"])
+    last = history[-1]
+    chosen = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
+    return [f"best val/map {best.get('val/map', math.nan):.4f} at epoch {best['epoch']} (step {best['step']}); "
+            f"last {last.get('val/map', math.nan):.4f} at epoch {last['epoch']}",
+            f"checkpoints: {chosen} (best), {folder / 'last.pt'} (last); results: {folder.parent / 'results.csv'}, "
+            f"{folder.parent / 'results.png'}",
+            f"evaluate: {script_command('evaluate.py', f'ckpt_path={chosen}')}",
+            f"predict: {script_command('predict.py', f'ckpt_path={chosen}', 'source=val')}"]

@@ -9,6 +9,7 @@ from typing import Iterable, Optional
 import torch
 
 from detection.reporting.debug_images import DebugArtifacts
+from detection.reporting.results import save_results_plot, table_header, table_line, write_results_csv
 from detection.engine.checkpoint import CheckpointKeeper
 from detection.engine.distributed import gather_to_all
 from detection.engine.inference import evaluate
@@ -134,8 +135,49 @@ class Validation(Hook):
         self.tracker.log_metrics({**metrics, "epoch": state.epoch}, step=state.step)
         if self.artifacts is not None:
             self.artifacts.validation(model, state.step, state.epoch, self.loader.dataset, self.evaluator, metrics)
-        log.info("epoch %d: val/map %.4f (%s)", state.epoch, metrics["val/map"], EVALUATION.name)
         state.validated(metrics)
+
+
+class EpochResults(Hook):
+    """Each epoch's row of results: every training loss averaged over the epoch's steps (summed on the
+    device, read back once at its end), the learning rate, training images/s, the epoch's seconds
+    (validation included) and the validation's metrics. The row joins the state's history (so a resumed
+    run's table goes on), is logged as a line of the epoch table and, on the main rank, rewrites
+    `results.csv` and `results.png` in `folder`, which go to the tracker too. It follows Validation."""
+
+    def __init__(self, folder: Path, tracker: Tracker, *, max_epochs: int, is_main: bool = True):
+        self.folder, self.tracker, self.max_epochs, self.is_main = folder, tracker, max_epochs, is_main
+        self.headed = False
+
+    def before_epoch(self, state: TrainingState, progress_bar) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps, self.images = 0, 0
+        self.started = self.trained = time.perf_counter()
+
+    def after_step(self, state: TrainingState, outcome: StepOutcome, batch: tuple) -> None:
+        if outcome.applied:
+            for name, value in outcome.losses.items():
+                self.sums[name] = self.sums.get(name, 0) + value.float()
+            self.steps, self.images, self.trained = self.steps + 1, self.images + outcome.images, time.perf_counter()
+
+    def after_epoch(self, state: TrainingState) -> None:
+        names = list(self.sums)
+        means = (torch.stack([self.sums[name] for name in names]) / self.steps).to("cpu", copy=True).tolist() \
+            if names else []
+        row = {"epoch": state.epoch, "step": state.step, "train/loss": sum(means),
+               **{f"train/{name}": mean for name, mean in zip(names, means)},
+               "train/lr": state.train_step.optimizer.param_groups[0]["lr"],
+               "train/images_per_s": self.images / max(self.trained - self.started, 1e-9),
+               "epoch_s": time.perf_counter() - self.started, **state.metrics}
+        state.history.append(row)
+        if not self.headed:
+            log.info("%s", table_header(row))
+            self.headed = True
+        log.info("%s", table_line(row, self.max_epochs))
+        if self.is_main:
+            for path in (write_results_csv(state.history, self.folder / "results.csv"),
+                         save_results_plot(state.history, self.folder / "results.png")):
+                self.tracker.log_artifact(path)
 
 
 class Checkpoints(Hook):

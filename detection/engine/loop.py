@@ -3,7 +3,6 @@ in one screen; the step is `TrainStep`, the position and checkpoint contents `Tr
 happens around the steps (metrics, debug images, validation, checkpoints) the hooks."""
 
 import logging
-import shlex
 import signal
 import threading
 import time
@@ -12,6 +11,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from tqdm import tqdm
 
+from detection.command_lines import script_command
 from detection.data.loader import TrainingLoader
 from detection.engine.hooks import Checkpoints, Hook
 from detection.engine.settings import SettingsError, TrainerSettings
@@ -30,7 +30,7 @@ class TrainingInterrupted(Exception):
         self.signal_number = signal_number
         self.checkpoint = checkpoint
         super().__init__(f"{signal.Signals(signal_number).name} received: stopped after a checkpoint; resume with "
-                         f"python train.py {shlex.quote(f'ckpt_path={checkpoint}')}")
+                         f"{script_command('train.py', f'ckpt_path={checkpoint}')}")
 
 
 class EmptyEpoch(SettingsError):

@@ -15,7 +15,7 @@ class NonFiniteLossError(RuntimeError):
 class TrainingState:
     """The training step's objects (model, optimizer, scheduler, scaler) and the position: `epoch` (the
     one in progress, or the next), `batches_done` in it, `step` (updates made), the best and the last
-    validation metrics.
+    validation metrics, and each epoch's row of results (`history`: what results.csv holds).
 
     Args:
         extras: what else each checkpoint holds (the configuration, class names, tracking run id, ...).
@@ -26,6 +26,7 @@ class TrainingState:
         self.extras = dict(extras or {})
         self.epoch, self.batches_done, self.step = 0, 0, 0
         self.best_map, self.metrics = -math.inf, {}
+        self.history: list[dict[str, float]] = []
         self.improved = False  # the last validation's val/map is the best so far
         self.nonfinite_in_row = 0
         self.data_wait_s = 0.0  # seconds the loop has waited for batches in this process (a measure, not saved)
@@ -36,7 +37,7 @@ class TrainingState:
         return {"model": step.model.state_dict(), "optimizer": step.optimizer.state_dict(),
                 "scheduler": step.scheduler.state_dict(), "scaler": step.scaler.state_dict(), "epoch": self.epoch,
                 "batches_done": self.batches_done, "step": self.step, "best_map": self.best_map,
-                "metrics": self.metrics, "rng": rng_state(), **self.extras}
+                "metrics": self.metrics, "history": self.history, "rng": rng_state(), **self.extras}
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continues from `checkpoint` (as `checkpoint()` wrote it)."""
@@ -47,6 +48,7 @@ class TrainingState:
         step.scaler.load_state_dict(checkpoint["scaler"])
         self.epoch, self.batches_done, self.step = checkpoint["epoch"], checkpoint["batches_done"], checkpoint["step"]
         self.best_map, self.metrics = checkpoint["best_map"], checkpoint["metrics"]
+        self.history = list(checkpoint.get("history", []))  # checkpoints from before results.csv have none
         set_rng_state(checkpoint["rng"])
 
     def count(self, outcome: StepOutcome, *, max_nonfinite_in_row: int, last_checkpoint: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from detection.evaluation.coco import BACKENDS, coco_metrics, coco_results, encode_masks
 from detection.evaluation.errors import breakdown, outcomes
-from detection.evaluation.voc import average_precision, precision_recall_curves
+from detection.evaluation.voc import average_precision, best_f1_point, precision_recall_curves
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,9 @@ class DetectionEvaluator:
                    for name, (recall, precision) in curves.items()}
             results.update({f"{metric}_ap/{name}": ap for name, ap in aps.items()})
             results[f"{metric}_map"] = float(np.mean(list(aps.values()))) if aps else float("nan")
+        if curves:
+            points = np.array([best_f1_point(recall, precision) for recall, precision in curves.values()])
+            results["precision"], results["recall"] = (float(value) for value in points.mean(axis=0))
         if "errors" in self.metrics:
             errors = self.error_breakdown()
             results.update({f"errors/{name}": value for name, value in errors["dap"].items()})
@@ -169,6 +172,8 @@ METRIC_GUIDE = """\
 What this run's metrics mean (markdown: MLflow shows it as the run's description):
 - `val/map`: the headline, VOC2007's mAP at IoU 0.5 (11-point AP, as the SSD paper reports it).
 - `val/map50_voc`: the same IoU, VOC2010+'s area under the precision envelope.
+- `val/precision`, `val/recall`: at IoU 0.5, each class's at the score threshold where its F1 is highest,
+  averaged over the classes (ultralytics' P and R pick one threshold for all).
 - `val/map50_95`, `val/map50_coco`, `val/map75`, `val/map50_95_small|medium|large`: COCO's AP (101 points)
   over IoU 0.5:0.95 (what ultralytics calls mAP50-95), at 0.5, at 0.75, and by object size; `val/mask_...`
   the same for masks.

@@ -59,6 +59,16 @@ def best_objects(detections: dict[str, np.ndarray], objects: dict[str, np.ndarra
     return best_object, best_iou
 
 
+def best_f1_point(recall: np.ndarray, precision: np.ndarray) -> tuple[float, float]:
+    """(precision, recall) where the curve's F1 is highest (as ultralytics' P and R pick their score
+    threshold); (0, 0) for a class without detections."""
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    if not len(f1):
+        return 0.0, 0.0
+    best = int(np.argmax(f1))
+    return float(precision[best]), float(recall[best])
+
+
 def precision_recall_curves(detections: dict[str, np.ndarray], objects: dict[str, np.ndarray], num_classes: int,
                             iou_threshold: float = 0.5) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Each class's recall and precision over a split, as the devkit ranks and matches detections.

@@ -2,7 +2,7 @@
 
 import functools
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

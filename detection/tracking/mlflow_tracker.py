@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import threading
 import time
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 
+from detection.command_lines import module_command
 from detection.tracking.outbox import Outbox, replay_spool
 from detection.tracking.stores import StoreUnreachable, experiment_id, opened_store, probe_store, ui_hint
 
@@ -318,8 +318,8 @@ class MlflowTracker:
                      hint)
         elif self._outbox.counts["spooled"]:
             log.error("MLflow run %s is incomplete in %s: %s; the records not sent (its end %s among them) are kept "
-                      "in %s; send them when the store answers with: python -m detection.tracking %s", self.run_id,
-                      self.uri, counts, status, self._outbox.spool, shlex.quote(str(self._outbox.spool)))
+                      "in %s; send them when the store answers with: %s", self.run_id, self.uri, counts, status,
+                      self._outbox.spool, module_command("detection.tracking", self._outbox.spool))
         else:
             log.error("MLflow run %s is incomplete in %s: %s; the records counted lost could not be kept (see "
                       "above), and the run shows RUNNING there", self.run_id, self.uri, counts)

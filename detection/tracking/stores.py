@@ -3,12 +3,13 @@ store keeps its artifacts, and how to look at a run."""
 
 import logging
 import re
-import shlex
 import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlparse
+
+from detection.command_lines import tool_command
 
 log = logging.getLogger(__name__)
 
@@ -91,5 +92,5 @@ def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
     """How to look at a run: the command serving a local store, or the server's page of the run."""
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return (f"mlflow ui --backend-store-uri {shlex.quote(uri)} (then "
+    return (f"{tool_command('mlflow', 'ui', '--backend-store-uri', uri)} (then "
             f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id})")

@@ -59,7 +59,8 @@ def test_the_commands_analyse_and_fit_bccd_and_the_fitted_yaml_builds_a_model(tm
     # written into the run directory, never into the repository's conf/, with the command that trains on it
     fitted_yaml = tmp_path / "fit" / "run" / "conf" / "anchors" / "mine.yaml"
     assert fitted_yaml.is_file() and not (REPO / "conf" / "anchors" / "mine.yaml").exists()
-    printed = shlex.split(re.search(r"train with them by (python train.py .*) \.\.\.", output).group(1))
+    printed = shlex.split(re.search(r"train with them by (\S+ \S+train.py .*) \.\.\.", output).group(1))
+    assert printed[:2] == [sys.executable, str(REPO / "train.py")]
     report_json = json.loads((tmp_path / "fit" / "run" / "anchors_report.json").read_text())
     for key in ("best_possible_recall", "best_iou_mean"):
         assert report_json["fitted"]["overall"][key] >= report_json["default"]["overall"][key]

@@ -1,6 +1,10 @@
 """train.py and evaluate.py run as a user runs them (subprocesses, real files, a real MLflow store)."""
 
+import csv
 import json
+import os
+import re
+import subprocess
 
 import mlflow
 import pytest
@@ -23,7 +27,7 @@ def train(tmp_path, shapes_root, *overrides):
 @pytest.mark.parametrize("model", ["model=ssd backbone=resnet50", "model=ssd backbone=vgg16", "experiment=maskrcnn_shapes",
                                    "experiment=fasterrcnn_shapes"])
 def test_smoke_training_writes_a_checkpoint_and_logs_to_mlflow(tmp_path, shapes_root, model):
-    train(tmp_path, shapes_root, *model.split())
+    result = train(tmp_path, shapes_root, *model.split())
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert checkpoint["epoch"] == 1 and checkpoint["step"] == 2
     assert checkpoint["class_names"] == ["ellipse", "rectangle", "triangle", "star"]
@@ -31,6 +35,39 @@ def test_smoke_training_writes_a_checkpoint_and_logs_to_mlflow(tmp_path, shapes_
         [e.experiment_id for e in mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_experiments()])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "val/map" in runs[0].data.metrics and runs[0].data.params["optimizer.lr"] == "0.001"
+    artifacts = {item.path for item in mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").list_artifacts(
+        runs[0].info.run_id)}
+    assert {"results.csv", "results.png"} <= artifacts
+    # the epoch table: a heading with the model's own losses, then one line per epoch
+    heading, line = [text.split(" - ", 1)[1] for text in result.stdout.splitlines() if "engine.hooks" in text][:2]
+    assert heading.split()[:2] == ["epoch", "loss"] and heading.split()[-8:] == \
+        ["P", "R", "mAP50", "mAP50-95", "val/map", "lr", "img/s", "time"]
+    assert line.split()[0] == "1/1" and len(line.split()) == len(heading.split())
+
+
+def test_the_run_folder_has_one_results_row_per_epoch_and_ends_with_the_best_and_pasteable_commands(tmp_path,
+                                                                                                  shapes_root):
+    result = train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128", "trainer.max_epochs=3")
+    with open(tmp_path / "run" / "results.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"] and [row["step"] for row in rows] == ["2", "4", "6"]
+    validated = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["metrics"]
+    assert set(validated) | {"train/loss", "train/lr", "train/images_per_s", "epoch_s"} <= set(rows[0])
+    assert float(rows[-1]["val/map"]) == pytest.approx(validated["val/map"])
+    maps = [float(row["val/map"]) for row in rows]
+    best = maps.index(max(maps)) + 1
+    assert f"best val/map {max(maps):.4f} at epoch {best} (step {2 * best}); last {maps[-1]:.4f} at epoch 3" in \
+        result.stdout
+    assert (tmp_path / "run" / "results.png").stat().st_size > 10_000
+    # the printed evaluate command, pasted from another folder in a shell without the environment's python
+    command = re.search(r"evaluate: (.+)$", result.stdout, re.M).group(1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pasted = subprocess.run(["bash", "-c", f"{command} hydra.run.dir={elsewhere}/run"], cwd=elsewhere,
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert pasted.returncode == 0, pasted.stderr
+    assert json.loads((elsewhere / "run" / "metrics.json").read_text())["val/map"] == pytest.approx(max(maps))
 
 
 def test_resume_continues_at_the_next_epoch_and_step(tmp_path, shapes_root):
@@ -43,6 +80,8 @@ def test_resume_continues_at_the_next_epoch_and_step(tmp_path, shapes_root):
     assert checkpoint["epoch"] == 2 and checkpoint["step"] == 4
     assert checkpoint["tracking_run_id"] == load_checkpoint(first)["tracking_run_id"]
     assert not torch.equal(checkpoint["model"]["head.cls.0.weight"], load_checkpoint(first)["model"]["head.cls.0.weight"])
+    with open(resumed_dir / "run" / "results.csv") as file:  # the resumed run's table goes on from the first's
+        assert [row["epoch"] for row in csv.DictReader(file)] == ["1", "2"]
 
 
 def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):

@@ -4,13 +4,14 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import SMALL_SHAPES
+from conftest import REPO, SMALL_SHAPES
 from detection.data.loader import build_loader
 from detection.engine.checkpoint import load_checkpoint, save_checkpoint
 from detection.engine.hooks import Checkpoints, MetricLogger, Validation
@@ -200,6 +201,8 @@ def test_a_printed_resume_command_pastes_safely_whatever_the_folder_is_called(tm
     checkpoint = tmp_path / "my runs" / "$(touch pwned)" / "last.pt"
     message = str(TrainingInterrupted(signal.SIGTERM, checkpoint))
     command = message.split("resume with ", 1)[1]
-    echoed = subprocess.run(["bash", "-c", command.replace("python train.py", "printf %s", 1)], cwd=tmp_path,
+    assert command.startswith(f"{sys.executable} {REPO / 'train.py'} ")
+    echoed = subprocess.run(["bash", "-c", command.replace(f"{sys.executable} {REPO / 'train.py'}", "printf %s", 1)],
+                            cwd=tmp_path,
                             capture_output=True, text=True)
     assert echoed.stdout == f"ckpt_path={checkpoint}" and not (tmp_path / "pwned").exists()

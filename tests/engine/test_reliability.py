@@ -97,10 +97,10 @@ def test_sigterm_to_the_process_group_checkpoints_and_the_printed_command_resume
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "KILLED"
 
-    command = re.search(r"resume with (python train.py ckpt_path=\S+)", output).group(1).split()
-    resumed = subprocess.run([sys.executable, str(REPO / "train.py"), *command[2:],
-                              f"hydra.run.dir={tmp_path}/resumed"], cwd=tmp_path / "run_dir",
-                             capture_output=True, text=True, timeout=600)
+    # pasted as printed, from another folder, in a shell whose PATH has no python of this environment
+    command = re.search(r"resume with (.+)$", output, re.M).group(1)
+    resumed = subprocess.run(["bash", "-c", f"{command} hydra.run.dir={tmp_path}/resumed"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": "/usr/bin:/bin"})
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt"), uninterrupted)
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -171,7 +171,7 @@ def test_a_tracking_server_that_dies_mid_run_ends_the_process_in_seconds_and_the
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 8  # no step lost
     spool = tmp_path / "run" / "tracking_spool.jsonl"
     assert output.count("did not take a record") == 1 and "not logging the model to MLflow" in output
-    assert "is incomplete" in output and f"python -m detection.tracking {spool}" in output, output
+    assert "is incomplete" in output and f"{sys.executable} -m detection.tracking {spool}" in output, output
     # the store back (same port, same database): the printed command sends what it missed, in order
     server = serve_mlflow(tmp_path, int(uri.rsplit(":", 1)[1]))
     try:

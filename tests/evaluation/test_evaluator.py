@@ -39,6 +39,8 @@ def test_duplicate_detection_is_a_false_positive():
                       [target([[0, 0, 10, 10], [20, 20, 30, 30]], [1, 1])])
     assert result["voc_ap/a"] == pytest.approx(0.5 * 1 + 0.5 * (2 / 3))
     assert result["voc07_ap/a"] == pytest.approx((6 * 1 + 5 * (2 / 3)) / 11)
+    # F1 along the ranking: 2/3 (P 1, R .5), 1/2 (P .5, R .5), 4/5 (P 2/3, R 1): the last point is P and R
+    assert (result["precision"], result["recall"]) == pytest.approx((2 / 3, 1.0))
 
 
 def test_match_to_a_difficult_object_is_neither_true_nor_false_positive():
@@ -188,7 +190,9 @@ def test_every_result_gets_one_name_of_the_logged_scheme():
     assert named["val_class/ap50_voc07/a"] == results["voc07_ap/a"]
     assert named["val_class/mask_ap50_95/a"] == results["coco_mask_ap/a"]
     assert named["val/errors/background_count"] == results["errors/background_count"]
-    assert all(key.startswith(("val/map", "val/mask_map", "val/errors/", "val_class/")) for key in named)
+    assert all(key.startswith(("val/map", "val/mask_map", "val/errors/", "val_class/")) for key in named
+               if key not in ("val/precision", "val/recall"))
+    assert named["val/precision"] == named["val/recall"] == 1.0
 
 
 def test_no_ground_truth_anywhere_gives_nan_maps_not_zero():

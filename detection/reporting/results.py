@@ -1,0 +1,88 @@
+"""A run's epochs at a glance, as ultralytics users know them: one table line per epoch in the log,
+`results.csv` (one row per epoch, every scalar the epoch logged) and `results.png` (losses and metrics over
+the epochs) in the run folder."""
+
+import csv
+import math
+from pathlib import Path
+from typing import Sequence
+
+from detection.reporting.plots import pyplot
+
+# the table's metric columns: (heading, the row's key); P and R are each class's at its best-F1 score
+# threshold, averaged; mAP50 and mAP50-95 are COCO's; val/map the headline (VOC07 AP50)
+METRIC_COLUMNS = (("P", "val/precision"), ("R", "val/recall"), ("mAP50", "val/map50_coco"),
+                  ("mAP50-95", "val/map50_95"), ("val/map", "val/map"))
+TRAILING_COLUMNS = (("lr", "train/lr"), ("img/s", "train/images_per_s"), ("time", "epoch_s"))
+
+
+def loss_keys(row: dict) -> list[str]:
+    """The row's mean training losses (`train/<the model's loss name>`), the total first."""
+    others = {key for _, key in TRAILING_COLUMNS}
+    return ["train/loss", *sorted(key for key in row if key.startswith("train/") and key not in others
+                                  and key != "train/loss")]
+
+
+def loss_heading(key: str) -> str:
+    """'train/loss_box_reg' -> 'box_reg', 'train/classification' -> 'classification', 'train/loss' -> 'loss'."""
+    name = key.removeprefix("train/")
+    return name if name == "loss" else name.removeprefix("loss_")
+
+
+def table_columns(row: dict) -> list[tuple[str, str]]:
+    return [(loss_heading(key), key) for key in loss_keys(row)] + list(METRIC_COLUMNS) + list(TRAILING_COLUMNS)
+
+
+def table_header(row: dict) -> str:
+    """The heading line of the epoch table (the columns `row` has: its losses differ per model)."""
+    return f"{'epoch':>7}" + "".join(f" {heading:>{width(heading)}}" for heading, _ in table_columns(row))
+
+
+def table_line(row: dict, max_epochs: int) -> str:
+    """One epoch as a line under `table_header`: mean losses, P, R, mAP50, mAP50-95, val/map, lr, images/s
+    and the epoch's seconds."""
+    cells = []
+    for heading, key in table_columns(row):
+        value = row.get(key, math.nan)
+        text = f"{value:.1e}" if key == "train/lr" else f"{value:.0f}s" if key == "epoch_s" else \
+            f"{value:.1f}" if key == "train/images_per_s" else f"{value:.4f}"
+        cells.append(f" {text:>{width(heading)}}")
+    return f"{row['epoch']:>3}/{max_epochs:<3}" + "".join(cells)
+
+
+def width(heading: str) -> int:
+    return max(len(heading), 8)
+
+
+def write_results_csv(history: Sequence[dict], path: Path) -> Path:
+    """One row per epoch, the columns every key any epoch logged (epoch and step first), blank where an
+    epoch lacks one."""
+    keys = ["epoch", "step", *sorted({key for row in history for key in row} - {"epoch", "step"})]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=keys, restval="")
+        writer.writeheader()
+        writer.writerows(history)
+    return path
+
+
+def save_results_plot(history: Sequence[dict], path: Path) -> Path:
+    """Losses (left) and validation metrics (right) over the epochs, as a PNG."""
+    plt = pyplot()
+    figure, (losses, metrics) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    epochs = [row["epoch"] for row in history]
+    for key in loss_keys(history[-1]):
+        losses.plot(epochs, [row.get(key, math.nan) for row in history], marker="o", label=loss_heading(key))
+    for heading, key in METRIC_COLUMNS:
+        metrics.plot(epochs, [row.get(key, math.nan) for row in history], marker="o", label=heading)
+    losses.set(xlabel="epoch", ylabel="mean training loss", title="losses")
+    metrics.set(xlabel="epoch", ylabel="validation", ylim=(0, 1), title="metrics (val/map: VOC07 AP50)")
+    for axes in (losses, metrics):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
