@@ -102,7 +102,7 @@ def training_hooks(cfg: DictConfig, settings: TrainerSettings, job: Job, tracker
     results = hooks.EpochResults(run_dir, tracker, max_epochs=settings.max_epochs, is_main=job.is_main)
     return ([logger, *debug_images, validation, results],
             hooks.Checkpoints(run_dir / "checkpoints", every=settings.checkpoint_every, keep_last=settings.keep_last,
-                              is_main=job.is_main))
+                              is_main=job.is_main, best_model_only=settings.best_model_only))
 
 
 def debug_artifacts(cfg: DictConfig, run_dir: Path, tracker: Tracker, precision: Precision,

@@ -15,6 +15,7 @@ from detection.data.classes import checked_class_names
 from detection.engine.settings import SettingsError, TrainerSettings, check_at_least, check_seed, unknown_key
 
 MODEL_PARTS = ("backbone", "anchors", "fpn")  # groups a model config composes and interpolates
+SPLIT_SOURCES = ("train", "val")  # predict.py's sources that name a split of the checkpoint's dataset
 
 
 class Range(NamedTuple):
@@ -164,12 +165,15 @@ def check_evaluate(cfg: DictConfig) -> None:
 
 
 def check_predict(cfg: DictConfig) -> None:
-    """Refuses unknown or unset keys, out-of-range loading settings, a score threshold outside 0..1, and
-    anything but one model: ckpt_path or model_path."""
+    """Refuses unknown or unset keys, out-of-range loading settings, a score threshold outside 0..1,
+    anything but one model: ckpt_path or model_path, and a dataset split as the source of an exported file."""
     check_keys(cfg, PredictConfig)
     check_loading(cfg)
     if bool(cfg.ckpt_path) == bool(cfg.model_path):
         raise SettingsError("give one of ckpt_path (a training checkpoint) and model_path (an exported file)")
+    if cfg.model_path and cfg.source in SPLIT_SOURCES and not os.path.exists(cfg.source):
+        raise SettingsError(f"source={cfg.source}: a dataset split is the checkpoint's; give ckpt_path= (an "
+                            f"exported file holds no dataset), or a folder, image, glob or video")
     if not 0 <= cfg.score_threshold <= 1:
         raise SettingsError(f"score_threshold must be within 0..1, got {cfg.score_threshold}")
 

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import sys
+import time
 from typing import Any, Callable
 
 import hydra
@@ -41,6 +42,7 @@ def entry_point(config_name: str, *, check: Callable[[DictConfig], Any],
         @functools.wraps(job)  # Hydra names the job (its log file, its run folder) after the wrapped script
         def checked(cfg: DictConfig) -> Any:
             composing.end()
+            JOBS.append(time.time())
             try:
                 check(cfg)
                 return job(cfg)
@@ -55,6 +57,18 @@ def entry_point(config_name: str, *, check: Callable[[DictConfig], Any],
         return functools.wraps(job)(lambda: composing.run(hydra_main))
 
     return wrap
+
+
+JOBS: list[float] = []  # when each job of this process began (a sweep's jobs may share one process)
+
+
+def uptime() -> float:
+    """Seconds since this job began: since the process started for its first job (imports and composition
+    included), since the entry point began it for a later job of a sweep."""
+    import psutil
+
+    began = JOBS[-1] if len(JOBS) > 1 else psutil.Process().create_time()
+    return time.time() - began
 
 
 class Composing:

@@ -78,6 +78,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     (run_dir() / "detections.json").write_text(json.dumps(records))
     save_error_plots(errors, run_dir() / "errors", title=Path(cfg.ckpt_path).name)
     record_evaluation(cfg, trained, checkpoint, dataset.name, metrics)
+    log.info("results in %s (metrics.json, detections.json, errors/)", run_dir())
     return metrics
 
 

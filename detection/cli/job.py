@@ -2,12 +2,10 @@
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import psutil
 import torch
 from hydra.core.hydra_config import HydraConfig
 
@@ -29,11 +27,6 @@ def group_choices() -> dict[str, Optional[str]]:
     """The config group options this run was composed from (backbone: resnet50, debug: None, ...)."""
     return {group: choice for group, choice in HydraConfig.get().runtime.choices.items()
             if not group.startswith("hydra/")}
-
-
-def uptime() -> float:
-    """Seconds since this process started."""
-    return time.time() - psutil.Process().create_time()
 
 
 def export_submitit_ranks() -> None:

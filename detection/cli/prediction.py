@@ -1,5 +1,6 @@
-"""The prediction job: a checkpoint's model (or an exported file) over a folder, an image, a glob or a video;
-each image drawn, every detection in predictions.json (COCO results)."""
+"""The prediction job: a checkpoint's model (or an exported file) over a folder, an image, a glob, a video or
+a split of the checkpoint's dataset (`source=train` or `source=val`, when no such path exists); each image
+drawn, every detection in predictions.json (COCO results)."""
 
 import logging
 from pathlib import Path
@@ -21,11 +22,12 @@ def run_prediction(cfg: DictConfig) -> dict[str, float]:
     from detection.prediction import PredictionWriter, predict_batches
     from detection.models.deployment import ExportedDetector
 
+    trained = None
     if cfg.model_path:  # an exported file, run as it would be deployed (on the CPU)
         model, device = ExportedDetector(Path(cfg.model_path)), torch.device("cpu")
         class_names = model.class_names
     else:
-        model, _, checkpoint = model_from_checkpoint(Path(cfg.ckpt_path))
+        model, trained, checkpoint = model_from_checkpoint(Path(cfg.ckpt_path))
         device, class_names = resolve_device(cfg.device), checkpoint["class_names"]
         model.to(device)
     run_dir, source = job_dir(), Path(cfg.source)
@@ -37,9 +39,11 @@ def run_prediction(cfg: DictConfig) -> dict[str, float]:
         predict_batches(model, frames.batches(cfg.batch_size), writer, device=device,
                         total=frames.batch_count(cfg.batch_size), progress=cfg.progress)
     else:
-        paths, others = image_files(cfg.source)
-        if others:
-            log.info("%s: %d files that are not images passed over", cfg.source, others)
+        paths = split_images(cfg.source, trained)
+        if paths is None:
+            paths, others = image_files(cfg.source)
+            if others:
+                log.info("%s: %d files that are not images passed over", cfg.source, others)
         loader = DataLoader(ImageFiles(paths), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                             collate_fn=collate_files)
         writer = PredictionWriter(run_dir, class_names, **options)
@@ -50,6 +54,21 @@ def run_prediction(cfg: DictConfig) -> dict[str, float]:
              "in the model; results in %s", summary["images"], summary["detections"], cfg.score_threshold,
              summary["unreadable"], summary["images"] / max(summary["inference_s"], 1e-9), run_dir)
     return summary
+
+
+def split_images(source: str, trained) -> "list[Path] | None":
+    """With `source` train or val and no such path: the images of that split of the checkpoint's dataset,
+    in its order (`trained`: the checkpoint's configuration; check_predict refused an export); None for any
+    other source."""
+    from hydra.utils import instantiate
+
+    from detection.cli.checks import SPLIT_SOURCES
+
+    if source not in SPLIT_SOURCES or Path(source).exists():
+        return None
+    paths = instantiate(trained.dataset[source], transforms=None).image_paths()  # the augmentation is not needed
+    log.info("source=%s: the %d images of the checkpoint's %s split", source, len(paths), source)
+    return paths
 
 
 def record_run(cfg: DictConfig, run_dir: Path, summary: dict[str, float]) -> None:

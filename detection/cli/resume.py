@@ -22,7 +22,7 @@ DATA_PATHS = ("dataset.root", "dataset.train_images", "dataset.val_images", "dat
 
 MAY_CHANGE_ON_RESUME = ("trainer.max_epochs", "trainer.device", "trainer.num_workers", "trainer.persistent_workers",
                         "trainer.prefetch_factor", "trainer.warn_data_wait", "trainer.log_every",
-                        "trainer.checkpoint_every", "trainer.keep_last", "trainer.progress",
+                        "trainer.checkpoint_every", "trainer.keep_last", "trainer.best_model_only", "trainer.progress",
                         "trainer.debug_images_every", "trainer.channels_last", "trainer.compile",
                         "trainer.cudnn_benchmark", "trainer.confusion_score_threshold", *DATA_PATHS)
 
@@ -45,6 +45,9 @@ def continued_run(cfg: DictConfig, run_dir: Path, overrides: Optional[list[str]]
         cfg = cfg.copy()
         cfg.ckpt_path = str(own)
     checkpoint = trusted_checkpoint(Path(cfg.ckpt_path))
+    if checkpoint.get("model_only"):
+        raise SettingsError(f"{cfg.ckpt_path} holds the model only (trainer.best_model_only): it evaluates, "
+                            f"predicts and exports, but cannot resume; resume from last.pt beside it")
     return resume_config(cfg, checkpoint, overrides), checkpoint
 
 

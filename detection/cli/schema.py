@@ -56,7 +56,8 @@ class EvaluateConfig:
 
 @dataclass
 class PredictConfig:
-    """`python predict.py ckpt_path=<checkpoint> source=<folder | image | glob | video>`: each image drawn into
+    """`python predict.py ckpt_path=<checkpoint> source=<folder | image | glob | video | train | val>` (train or
+    val, where no such path exists: that split of the checkpoint's dataset): each image drawn into
     <run dir>/images/ (a video into <run dir>/<name>.mp4), the detections in <run dir>/predictions.json (COCO
     results) and the timing in images.json."""
 

@@ -3,7 +3,10 @@ search's study, and the experiment label it and every run are named by. Light (n
 callbacks before an entry point checks its settings, and a bad setting is refused before torch loads."""
 
 import atexit
+import csv
+import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from detection.cli.schema import CONFIG_DIR, DEFAULT_STORE
+from detection.reporting.results import sweep_table
 from detection.tracking.stores import store_folder
 from detection.tracking.sweeps import (end_parent_run, experiment_label, start_parent_run, summarise_sweep, sweep_parent,
                                        write_sweep_parent)
@@ -94,6 +98,55 @@ class MlflowSweepCallback(Callback):
         if self._parent is not None:
             end_parent_run(self._uri, self._parent, status, artifact)
             self._parent = None
+
+
+SWEEP_JOBS = "sweep_jobs.jsonl"  # in a sweep folder: one line per ended job, whichever process ran it
+
+
+class SweepSummaryCallback(Callback):
+    """A sweep's table in the terminal at its end: each job's overrides, status, best val/map with its epoch
+    (from the job's results.csv) and last, and the best job with its best.pt. Each job appends its line to
+    `<sweep dir>/sweep_jobs.jsonl` as it ends, in the process that ran it; the sweep's process reads them,
+    at the sweep's end or, when a failed job ends the sweep with its error, as the process exits."""
+
+    def __init__(self):
+        self._jobs: Optional[Path] = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._jobs = Path(config.hydra.sweep.dir) / SWEEP_JOBS
+        atexit.register(self._show)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        folder = Path(config.hydra.runtime.output_dir)
+        row = {"job": config.hydra.job.num, "overrides": list(job_return.overrides or ()),
+               "status": job_return.status.name, "folder": str(folder), **best_and_last(folder / "results.csv")}
+        with open(Path(config.hydra.sweep.dir) / SWEEP_JOBS, "a") as file:
+            file.write(json.dumps(row) + "\n")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._show()
+
+    def _show(self) -> None:
+        if self._jobs is not None and self._jobs.is_file():
+            rows = [json.loads(line) for line in self._jobs.read_text().splitlines() if line.strip()]
+            for line in sweep_table(rows):
+                log.info("%s", line)
+        self._jobs = None
+
+
+def best_and_last(results_csv: Path) -> dict[str, float]:
+    """The best val/map (NaN aside) with its epoch, and the last, from a run's results.csv ({} without one)."""
+    if not results_csv.is_file():
+        return {}
+    with open(results_csv) as file:
+        rows = [row for row in csv.DictReader(file) if row.get("val/map")]
+    scored = [row for row in rows if not math.isnan(float(row["val/map"]))]
+    if not rows:
+        return {}
+    best = max(scored, key=lambda row: float(row["val/map"])) if scored else rows[-1]
+    return {"best": float(best["val/map"]), "best_epoch": int(best["epoch"]), "last": float(rows[-1]["val/map"])}
 
 
 class OptunaStudyCallback(Callback):

@@ -19,7 +19,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from detection.cli import assembly, resume, runs
-    from detection.cli.job import group_choices, run_dir, start_job, uptime
+    from detection.cli.entry import uptime
+    from detection.cli.job import group_choices, run_dir, start_job
     from detection.cli.sweep import label_of
     from detection.data.samples import split_fingerprint
     from detection.engine.loop import fit
@@ -52,7 +53,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             state.restore(checkpoint)
             log.info("resumed at epoch %d after %d batches, step %d", state.epoch + 1, state.batches_done, state.step)
         run_hooks, checkpoints = assembly.training_hooks(cfg, settings, job, tracker, run_dir, val_loader)
-        log.info("run directory %s; training %s on %s (rank %d of %d); ready %.1f s after the command", run_dir,
+        log.info("run directory %s; training %s on %s (rank %d of %d); ready %.1f s after the job began", run_dir,
                  label_of(cfg, group_choices()), job.device, job.context.rank, job.context.world_size,
                  uptime())
         metrics = fit(state, train_loader, settings, hooks=run_hooks, checkpoints=checkpoints)

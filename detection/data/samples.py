@@ -182,6 +182,10 @@ class AnnotatedImages(Dataset):
     def __len__(self) -> int:
         return len(self.annotations)
 
+    def image_paths(self) -> list[Path]:
+        """Each sample's image file, in order."""
+        return [annotation.image_path for annotation in self.annotations]
+
     def records(self) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
         """(image file name, boxes, labels) per sample, in order (for `split_fingerprint`)."""
         return ((a.image_path.name, a.boxes, a.labels) for a in self.annotations)

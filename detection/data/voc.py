@@ -232,6 +232,9 @@ class ConcatDetection(ConcatDataset):
     def records(self) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
         return (record for dataset in self.datasets for record in dataset.records())
 
+    def image_paths(self) -> list[Path]:
+        return [path for dataset in self.datasets for path in dataset.image_paths()]
+
     def __getitem__(self, index: int):
         item = super().__getitem__(index)
         if item is not None:

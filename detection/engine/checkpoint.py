@@ -92,6 +92,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")  # what only resuming needs
+
+
+def model_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint without the training state (TRAINING_STATE), marked `model_only`: the weights, the
+    configuration and the rest that evaluating, predicting and exporting read, at about half the size."""
+    return {**{key: value for key, value in checkpoint.items() if key not in TRAINING_STATE}, "model_only": True}
+
+
 class CheckpointKeeper:
     """Writes `step_<n>.pt` atomically, points `last.pt` (and `best.pt` when asked) at it, and keeps only
     the newest `keep_last` step files. `last.pt` and `best.pt` are hard links (copies where the file
@@ -107,8 +116,9 @@ class CheckpointKeeper:
     def last(self) -> Path:
         return self.folder / "last.pt"
 
-    def save(self, state: dict[str, Any], *, step: int, is_best: bool = False) -> Path:
-        """Raises CheckpointWriteError naming the last good checkpoint when the write fails."""
+    def save(self, state: dict[str, Any], *, step: int, is_best: bool = False, best_model_only: bool = False) -> Path:
+        """Raises CheckpointWriteError naming the last good checkpoint when the write fails. With
+        `best_model_only`, best.pt is a file of its own without the training state (`model_only`)."""
         path = self.folder / f"step_{step:08d}.pt"
         try:
             save_checkpoint(state, path)
@@ -116,7 +126,9 @@ class CheckpointKeeper:
             last = f"the last good checkpoint is {self.last}" if self.last.is_file() else "no checkpoint was written"
             raise CheckpointWriteError(f"{error}; the run stops, {last}") from error
         self._point(self.last, path)
-        if is_best:
+        if is_best and best_model_only:
+            save_checkpoint(model_only(state), self.folder / "best.pt")
+        elif is_best:
             self._point(self.folder / "best.pt", path)
         for old in sorted(self.folder.glob("step_*.pt"))[:-self.keep_last]:
             old.unlink()

@@ -182,12 +182,14 @@ class EpochResults(Hook):
 
 class Checkpoints(Hook):
     """Checkpoints every `every` steps (when set) and at each epoch end (`best.pt` too when val/map
-    improved), through a CheckpointKeeper; only the main rank writes."""
+    improved; the model only with `best_model_only`), through a CheckpointKeeper; only the main rank writes."""
 
-    def __init__(self, folder: Path, *, every: Optional[int] = None, keep_last: int = 3, is_main: bool = True):
+    def __init__(self, folder: Path, *, every: Optional[int] = None, keep_last: int = 1, is_main: bool = True,
+                 best_model_only: bool = False):
         self.keeper = CheckpointKeeper(folder, keep_last=keep_last)
         self.every = every
         self.is_main = is_main
+        self.best_model_only = best_model_only
 
     @property
     def last(self) -> Path:
@@ -197,7 +199,8 @@ class Checkpoints(Hook):
         """Writes the state's checkpoint; returns its path (on other ranks, where last.pt will be)."""
         if not self.is_main:
             return self.keeper.last
-        return self.keeper.save(state.checkpoint(), step=state.step, is_best=is_best)
+        return self.keeper.save(state.checkpoint(), step=state.step, is_best=is_best,
+                                best_model_only=self.best_model_only)
 
     def after_step(self, state: TrainingState, outcome: StepOutcome, batch: tuple) -> None:
         if self.every and outcome.applied and not outcome.stop and state.step % self.every == 0:

@@ -51,7 +51,8 @@ class TrainerSettings:
     log_every: int = 10                          # steps between train/* metrics
     max_nonfinite_in_row: int = 10               # non-finite losses in a row (each step skipped) that stop the run
     checkpoint_every: Optional[int] = None       # steps between mid-epoch checkpoints (epoch ends always checkpoint)
-    keep_last: int = 3                           # step_<n>.pt files kept besides last.pt and best.pt
+    keep_last: int = 1                           # step_<n>.pt files kept (last.pt and best.pt are links to them)
+    best_model_only: bool = False                # best.pt without the training state: half the size, to share
     limit_train_images: Optional[int] = None     # train on the first N images only (debugging)
     limit_val_images: Optional[int] = None
     progress: bool = True                        # progress bars

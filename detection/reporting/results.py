@@ -7,8 +7,6 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from detection.reporting.plots import pyplot
-
 # the table's metric columns: (heading, the row's key); P and R are each class's at its best-F1 score
 # threshold, averaged; mAP50 and mAP50-95 are COCO's; val/map the headline (VOC07 AP50)
 METRIC_COLUMNS = (("P", "val/precision"), ("R", "val/recall"), ("mAP50", "val/map50_coco"),
@@ -68,6 +66,8 @@ def write_results_csv(history: Sequence[dict], path: Path) -> Path:
 
 def save_results_plot(history: Sequence[dict], path: Path) -> Path:
     """Losses (left) and validation metrics (right) over the epochs, as a PNG."""
+    from detection.reporting.plots import pyplot  # torch and matplotlib load here, not with the sweep's callbacks
+
     plt = pyplot()
     figure, (losses, metrics) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     epochs = [row["epoch"] for row in history]
@@ -86,3 +86,25 @@ def save_results_plot(history: Sequence[dict], path: Path) -> Path:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def sweep_table(jobs: Sequence[dict]) -> list[str]:
+    """A sweep's jobs as table lines (job, status, best val/map and its epoch, last, the overrides that
+    differ between jobs; in job order) and a last line naming the best job and its best.pt. `jobs`: dicts
+    with 'job', 'status', 'overrides' (a list), 'folder' and, for a job that validated, 'best', 'best_epoch'
+    and 'last'."""
+    jobs = sorted(jobs, key=lambda job: job["job"])
+    shared = set.intersection(*(set(job["overrides"]) for job in jobs)) if len(jobs) > 1 else set()
+    swept = {job["job"]: " ".join(o for o in job["overrides"] if o not in shared) for job in jobs}
+    lines = [f"sweep of {len(jobs)} jobs:", f"{'job':>4} {'status':<9} {'best val/map':>12} {'epoch':>5} "
+                                             f"{'last':>7}  overrides"]
+    for job in jobs:
+        best, last = (f"{job[key]:.4f}" if key in job else "-" for key in ("best", "last"))
+        lines.append(f"{job['job']:>4} {job['status']:<9} {best:>12} {job.get('best_epoch', '-'):>5} {last:>7}  "
+                     f"{swept[job['job']]}")
+    scored = [job for job in jobs if not math.isnan(job.get("best", math.nan))]
+    if scored:
+        top = max(scored, key=lambda job: job["best"])
+        lines.append(f"best: job {top['job']} ({swept[top['job']]}), val/map {top['best']:.4f} at epoch "
+                     f"{top['best_epoch']}: {Path(top['folder']) / 'checkpoints' / 'best.pt'}")
+    return lines

@@ -8,6 +8,7 @@ import cv2
 import mlflow
 import numpy as np
 import pytest
+from hydra.utils import instantiate
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -69,6 +70,18 @@ def test_a_folder_is_predicted_drawn_and_written_as_the_model_sees_it(tmp_path, 
     boxes = expected["boxes"][kept]
     np.testing.assert_allclose([r["bbox"] for r in ours], torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1),
                                atol=0.01)
+
+
+def test_source_val_predicts_the_checkpoints_validation_split_and_an_export_is_told_it_has_none(tmp_path, smoke_ssd):
+    checkpoint, _ = smoke_ssd
+    result = predict(tmp_path, f"ckpt_path={checkpoint}", "source=val", "draw=false")
+    assert result.returncode == 0, result.stderr
+    _, trained, _ = model_from_checkpoint(checkpoint)
+    expected = [str(path) for path in instantiate(trained.dataset.val).image_paths()]
+    listed = json.loads((tmp_path / "run" / "images.json").read_text())["images"]
+    assert [entry["file_name"] for entry in listed] == expected and len(expected) == 4
+    result = predict(tmp_path, "model_path=model.onnx", "source=val")
+    assert result.returncode == 2 and "source=val: a dataset split is the checkpoint's" in result.stdout
 
 
 @pytest.mark.slow

@@ -47,7 +47,8 @@ def test_smoke_training_writes_a_checkpoint_and_logs_to_mlflow(tmp_path, shapes_
 
 def test_the_run_folder_has_one_results_row_per_epoch_and_ends_with_the_best_and_pasteable_commands(tmp_path,
                                                                                                   shapes_root):
-    result = train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128", "trainer.max_epochs=3")
+    result = train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128", "trainer.max_epochs=3",
+                   "trainer.best_model_only=true")
     with open(tmp_path / "run" / "results.csv") as file:
         rows = list(csv.DictReader(file))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"] and [row["step"] for row in rows] == ["2", "4", "6"]
@@ -68,6 +69,15 @@ def test_the_run_folder_has_one_results_row_per_epoch_and_ends_with_the_best_and
                             env={**os.environ, "PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
     assert pasted.returncode == 0, pasted.stderr
     assert json.loads((elsewhere / "run" / "metrics.json").read_text())["val/map"] == pytest.approx(max(maps))
+
+    # disk on purpose: one step file (last.pt links to it) and a model-only best.pt, which does not resume
+    folder = tmp_path / "run" / "checkpoints"
+    assert [path.name for path in folder.glob("step_*.pt")] == ["step_00000006.pt"]
+    best = load_checkpoint(folder / "best.pt")
+    assert best["model_only"] and "optimizer" not in best and "rng" not in best
+    assert (folder / "best.pt").stat().st_size < 0.6 * (folder / "last.pt").stat().st_size
+    refused = run_script("train.py", f"ckpt_path={folder / 'best.pt'}", cwd=elsewhere)
+    assert refused.returncode == 2 and "holds the model only (trainer.best_model_only)" in refused.stdout
 
 
 def test_resume_continues_at_the_next_epoch_and_step(tmp_path, shapes_root):

@@ -52,7 +52,7 @@ def setup(compose_train, tmp_path, nan_steps, max_in_row=10):
                 settings=TrainerSettings(max_epochs=1, progress=False, max_nonfinite_in_row=max_in_row))
 
 
-def run_fit(model, loader, val_loader, classes, folder, settings, *, precision=FP32, every=None, keep_last=3,
+def run_fit(model, loader, val_loader, classes, folder, settings, *, precision=FP32, every=None, keep_last=1,
             extras=None):
     """fit() as train.py assembles it, with a null tracker."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)

@@ -136,6 +136,11 @@ def test_a_multirun_is_a_parent_run_with_a_child_per_job_and_a_failed_job_does_n
     assert parent.data.params["sweep.optimizer.lr"] == "-1,0.002"
     assert parent.data.metrics["best/val/map"] == children[1].data.metrics["val/map"]
     assert parent.data.tags["best_run_id"] == children[1].info.run_id and parent.data.tags["best.optimizer.lr"] == "0.002"
+    # and the terminal's table of the jobs, the failed one included
+    table = [line.split("] ", 1)[-1] for line in result.stdout[result.stdout.index("sweep of 2 jobs:"):].splitlines()]
+    assert table[2].split()[:2] == ["0", "FAILED"] and table[2].endswith("optimizer.lr=-1")
+    assert table[3].split()[:2] == ["1", "COMPLETED"] and table[3].endswith("optimizer.lr=0.002")
+    assert table[4].startswith("best: job 1 (optimizer.lr=0.002), val/map")
 
 
 @pytest.mark.slow
