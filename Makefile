@@ -3,8 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# the whole BCCD dataset (its VOC-layout BCCD/ folder), for the real-data tests and experiment=ssd_bccd: where
+# this workplace keeps it, else data/BCCD (make data); the tests and conf/dataset/bccd.yaml read BCCD_ROOT
+BCCD_ROOT ?= $(if $(wildcard ../shared/data/BCCD_Dataset/BCCD/JPEGImages),../shared/data/BCCD_Dataset/BCCD,data/BCCD)
+export BCCD_ROOT
+BCCD_REPOSITORY := https://github.com/Shenggan/BCCD_Dataset
+BCCD_COMMIT := d272fb14cdff6e473fafeeeba32aba5f560e9e43
 
-.PHONY: install train test test-fast bench mlflow-ui mlflow-screenshot docs docs-build clean
+.PHONY: install train test test-fast data bench mlflow-ui mlflow-screenshot docs docs-build clean
 
 $(INSTALLED): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +31,15 @@ test: $(INSTALLED)
 
 test-fast: $(INSTALLED)
 	$(PY) -m pytest -m "not slow"
+
+# BCCD at BCCD_ROOT: copied from BCCD_SOURCE=<a BCCD/ folder>, else cloned from its public repository
+data:
+	@if [ -d "$(BCCD_ROOT)/JPEGImages" ]; then echo "BCCD is at $(BCCD_ROOT)"; \
+	elif [ -n "$(BCCD_SOURCE)" ]; then mkdir -p "$(BCCD_ROOT)" && cp -r "$(BCCD_SOURCE)"/. "$(BCCD_ROOT)" && \
+		echo "BCCD copied from $(BCCD_SOURCE) to $(BCCD_ROOT)"; \
+	else tmp=$$(mktemp -d) && git clone --quiet $(BCCD_REPOSITORY) "$$tmp" && \
+		git -C "$$tmp" checkout --quiet $(BCCD_COMMIT) && mkdir -p "$(BCCD_ROOT)" && \
+		cp -r "$$tmp"/BCCD/. "$(BCCD_ROOT)" && rm -rf "$$tmp" && echo "BCCD cloned into $(BCCD_ROOT)"; fi
 
 bench: $(INSTALLED)
 	$(PY) bench/train_step.py

@@ -17,7 +17,15 @@ from detection.cli.schema import register
 register()  # the configs' typed schemas, as the entry points register them
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
+# the whole BCCD dataset (its VOC-layout BCCD/ folder): BCCD_ROOT, as conf/dataset/bccd.yaml reads it, by
+# default where this workplace keeps it; `make data` puts it there
+BCCD_ROOT = REPO / os.environ.get("BCCD_ROOT", "../shared/data/BCCD_Dataset/BCCD")  # relative: to the repository
+# a dozen of its photos, committed: the tests that read real photos use these, on any clone
+BCCD_SUBSET = REPO / "tests" / "data" / "bccd_subset"
+needs_full_bccd = pytest.mark.skipif(
+    not (BCCD_ROOT / "JPEGImages").is_dir(),
+    reason=f"the whole BCCD dataset is not at {BCCD_ROOT}: `make data` fetches it (or copies BCCD_SOURCE=<folder>), "
+           f"or set BCCD_ROOT to its BCCD/ folder")
 
 # small shapes variant the tests share (generated once per session under a temporary root)
 SMALL_SHAPES = ["dataset.num_train=8", "dataset.num_val=4"]

@@ -10,11 +10,11 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, SHARED_DATA
+from conftest import BCCD_ROOT, REPO, needs_full_bccd
 from detection.models.anchors import AnchorSpec
 
 
-BCCD = SHARED_DATA / "BCCD_Dataset" / "BCCD"
+BCCD = BCCD_ROOT
 
 
 SPEC = AnchorSpec(300, (30, 60, 111, 162, 213, 264, 315), ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
@@ -28,6 +28,7 @@ def run_module(module: str, *args: str, run_dir):
 
 
 @pytest.mark.slow
+@needs_full_bccd
 def test_the_commands_analyse_and_fit_bccd_and_the_fitted_yaml_builds_a_model(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate

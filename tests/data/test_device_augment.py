@@ -3,9 +3,7 @@ CUDA where present. The same properties as the CPU recipe (boxes inside and non-
 empty targets survive), pixels that match the CPU warp, colour changes that match torchvision's, plans
 repeatable per item, no read back to the host, and the real BCCD JPEGs through the dataset and the step."""
 
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +13,7 @@ import torchvision.transforms.v2.functional as TF
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import SHARED_DATA, run_script
+from conftest import BCCD_SUBSET, run_script
 from detection.data.device_augment import DeviceSSDAugmentation, colour_jitter, decoded, padded_batch, warp_batch
 from detection.data.geometry import SSDGeometry, warp_pixels
 from detection.data.loader import build_loader
@@ -23,7 +21,7 @@ from detection.engine.checkpoint import load_checkpoint
 from detection.profiling.host_reads import HostReads
 from detection.engine.step import TrainStep
 
-BCCD = Path(os.environ.get("BCCD_ROOT", SHARED_DATA / "BCCD_Dataset" / "BCCD"))
+BCCD = BCCD_SUBSET
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA")])]
 

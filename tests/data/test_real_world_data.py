@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import SHARED_DATA
+from conftest import BCCD_SUBSET
 from detection.data.coco import COCODetection
 from detection.data.samples import read_pixels
 from detection.data.voc import VOCDetection
@@ -25,9 +25,8 @@ from detection.reporting.plots import save_precision_recall_plot
 
 pytestmark = pytest.mark.faults
 
-BCCD = SHARED_DATA / "BCCD_Dataset" / "BCCD"
+BCCD = BCCD_SUBSET
 BCCD_CLASSES = ["RBC", "WBC", "Platelets"]
-needs_bccd = pytest.mark.skipif(not BCCD.is_dir(), reason=f"the BCCD data is not at {BCCD}")
 
 
 @pytest.fixture
@@ -58,7 +57,6 @@ def replace_in(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
-@needs_bccd
 def test_an_exif_rotated_photo_is_read_upright_with_its_boxes_in_place_and_counted(bccd):
     """A camera stores the photo sideways with Orientation=6; annotation tools show and annotate it upright."""
     expected_image, expected_target = read(bccd)[0]
@@ -76,7 +74,6 @@ def test_an_exif_rotated_photo_is_read_upright_with_its_boxes_in_place_and_count
     assert dataset.fixes["images rotated by their EXIF orientation"] == 1
 
 
-@needs_bccd
 def test_an_invalid_exif_orientation_turns_nothing_and_is_not_counted(bccd):
     expected_image, _ = read(bccd)[0]
     path = bccd / "JPEGImages" / "BloodImage_00000.jpg"
@@ -87,7 +84,6 @@ def test_an_invalid_exif_orientation_turns_nothing_and_is_not_counted(bccd):
     assert dataset[0][0].shape == expected_image.shape and not dataset.fixes["images rotated by their EXIF orientation"]
 
 
-@needs_bccd
 def test_a_mirrored_photo_is_counted_as_mirrored_not_rotated(bccd):
     path = bccd / "JPEGImages" / "BloodImage_00000.jpg"
     exif = Image.Exif()
@@ -98,7 +94,6 @@ def test_a_mirrored_photo_is_counted_as_mirrored_not_rotated(bccd):
     assert not dataset.fixes["images rotated by their EXIF orientation"]
 
 
-@needs_bccd
 @pytest.mark.parametrize("size", ["320x240", "1280x960"])
 def test_an_xml_size_that_disagrees_with_the_pixels_is_an_error_naming_both_or_a_counted_skip(bccd, size):
     width, height = size.split("x")
@@ -111,7 +106,6 @@ def test_an_xml_size_that_disagrees_with_the_pixels_is_an_error_naming_both_or_a
     assert len(skipping) == 3 and skipping.fixes["skipped samples"] == 1
 
 
-@needs_bccd
 def test_a_coco_size_that_disagrees_with_the_pixels_is_an_error_or_a_skip(bccd, tmp_path):
     annotation = tmp_path / "instances.json"
     annotation.write_text('{"images": [{"id": 1, "file_name": "BloodImage_00000.jpg", "width": 320, "height": 240}],'
@@ -176,14 +170,12 @@ def test_a_huge_image_is_refused_by_the_configured_pixel_limit_naming_it(tmp_pat
     assert read_pixels(path, max_image_pixels=None).shape == (130, 140, 3)
 
 
-@needs_bccd
 def test_an_image_over_the_pixel_limit_is_skipped_and_counted_with_skip(bccd):
     with pytest.raises(ValueError, match="over max_image_pixels=300,000"):
         read(bccd, max_image_pixels=300_000)[0]
     assert read(bccd, max_image_pixels=300_000, on_bad_sample="skip")[0] is None
 
 
-@needs_bccd
 def test_a_split_file_from_windows_notepad_reads_the_same(bccd):
     split = bccd / "ImageSets" / "Main" / "train.txt"
     ids = split.read_text().split()
@@ -192,7 +184,6 @@ def test_a_split_file_from_windows_notepad_reads_the_same(bccd):
     assert [a.image_path.stem for a in dataset.annotations] == ids
 
 
-@needs_bccd
 def test_an_id_with_a_space_is_kept_whole(bccd):
     for folder, suffix in (("Annotations", ".xml"), ("JPEGImages", ".jpg")):
         (bccd / folder / f"BloodImage_00000{suffix}").rename(bccd / folder / f"Blood Image 0{suffix}")
@@ -202,7 +193,6 @@ def test_an_id_with_a_space_is_kept_whole(bccd):
     assert read(bccd).annotations[0].image_path.name == "Blood Image 0.jpg"
 
 
-@needs_bccd
 def test_duplicate_ids_in_a_split_are_an_error_naming_the_file_and_the_ids(bccd):
     split = bccd / "ImageSets" / "Main" / "train.txt"
     split.write_text(split.read_text() + "BloodImage_00002\nBloodImage_00000\n")
@@ -211,7 +201,6 @@ def test_duplicate_ids_in_a_split_are_an_error_naming_the_file_and_the_ids(bccd)
         read(bccd)
 
 
-@needs_bccd
 def test_the_xml_filename_is_honoured_for_png_images(bccd):
     jpeg = bccd / "JPEGImages" / "BloodImage_00000.jpg"
     expected = read(bccd)[0][0]
@@ -222,7 +211,6 @@ def test_the_xml_filename_is_honoured_for_png_images(bccd):
     assert torch.equal(image, expected)
 
 
-@needs_bccd
 def test_without_a_filename_other_image_extensions_are_found_and_a_missing_one_is_named(bccd):
     jpeg = bccd / "JPEGImages" / "BloodImage_00000.jpg"
     replace_in(xml_of(bccd), "<filename>BloodImage_00000.jpg</filename>", "")
@@ -234,7 +222,6 @@ def test_without_a_filename_other_image_extensions_are_found_and_a_missing_one_i
         read(bccd)
 
 
-@needs_bccd
 @pytest.mark.parametrize("text, difficult", [("1", True), ("0", False), ("true", True), ("False", False),
                                              (" TRUE ", True)])
 def test_difficult_accepts_0_1_true_false(bccd, text, difficult):
@@ -243,14 +230,12 @@ def test_difficult_accepts_0_1_true_false(bccd, text, difficult):
     assert bool(dataset.annotations[0].difficult[0]) is difficult
 
 
-@needs_bccd
 def test_a_difficult_flag_that_is_not_a_boolean_is_an_error_naming_the_file(bccd):
     replace_in(xml_of(bccd), "<difficult>0</difficult>", "<difficult>maybe</difficult>")
     with pytest.raises(ValueError, match=rf"{xml_of(bccd)}: object 1 \('WBC'\) has difficult='maybe'"):
         read(bccd)
 
 
-@needs_bccd
 def test_a_failure_inside_augmentation_names_the_file_and_can_be_skipped(bccd):
     class Broken:
         def __call__(self, **sample):
@@ -261,7 +246,6 @@ def test_a_failure_inside_augmentation_names_the_file_and_can_be_skipped(bccd):
     assert read(bccd, transforms=Broken(), on_bad_sample="skip")[0] is None
 
 
-@needs_bccd
 def test_the_ssd_augmentation_runs_on_a_rotated_photo(bccd, compose_train):
     """The issue's crash: albumentations refused boxes of the upright frame on the sideways pixels."""
     path = bccd / "JPEGImages" / "BloodImage_00000.jpg"
@@ -307,7 +291,6 @@ def test_names_the_font_lacks_are_drawn_as_their_label_with_a_legend(tmp_path):
     assert draw_detections(torch.zeros(3, 100, 100), target, prediction, classes).shape == (3, 300, 300)
 
 
-@needs_bccd
 def test_float_coordinates_are_kept_and_500_objects_load(bccd):
     objects = "".join(f"<object><name>RBC</name><difficult>0</difficult><bndbox><xmin>{10 + k % 50}.5</xmin>"
                       f"<ymin>{10 + k // 50}.25</ymin><xmax>{40 + k % 50}</xmax><ymax>{40 + k // 50}</ymax>"
@@ -318,7 +301,6 @@ def test_float_coordinates_are_kept_and_500_objects_load(bccd):
     assert len(annotation.boxes) == 500 and annotation.boxes[0].tolist() == [9.5, 9.25, 40.0, 40.0]
 
 
-@needs_bccd
 def test_a_one_pixel_image_a_grayscale_jpeg_and_a_path_with_spaces_and_accents(bccd, tmp_path):
     moved = tmp_path / "données à voir" / "BCCD set"
     shutil.copytree(bccd, moved)
@@ -334,7 +316,6 @@ def test_a_one_pixel_image_a_grayscale_jpeg_and_a_path_with_spaces_and_accents(b
     assert tiny.shape == (3, 1, 1) and target["boxes"].shape == (0, 4)
 
 
-@needs_bccd
 def test_an_xml_size_of_the_sideways_pixels_of_a_rotated_photo_is_named_with_its_orientation(bccd):
     """The annotation tool ignored the EXIF orientation: its boxes are in a frame the image is not shown in."""
     path = bccd / "JPEGImages" / "BloodImage_00000.jpg"
@@ -345,7 +326,6 @@ def test_an_xml_size_of_the_sideways_pixels_of_a_rotated_photo_is_named_with_its
         read(bccd)
 
 
-@needs_bccd
 def test_an_object_without_a_valid_box_is_an_error_naming_the_file_and_the_object(bccd):
     replace_in(xml_of(bccd), "<xmin>260</xmin>", "<xmin>left</xmin>")
     with pytest.raises(ValueError, match=rf"{xml_of(bccd)}: object 1 \('WBC'\) has no valid bndbox"):
@@ -353,7 +333,6 @@ def test_an_object_without_a_valid_box_is_an_error_naming_the_file_and_the_objec
     assert read(bccd, on_bad_sample="skip").fixes["skipped samples"] == 1
 
 
-@needs_bccd
 def test_an_instance_mask_of_another_size_than_its_image_is_named(bccd):
     (bccd / "SegmentationObject").mkdir()
     Image.new("P", (320, 240)).save(bccd / "SegmentationObject" / "BloodImage_00000.png")

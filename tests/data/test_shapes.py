@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import SHARED_DATA
+from conftest import BCCD_ROOT, BCCD_SUBSET, needs_full_bccd
 from detection.data.loader import build_loader
 from detection.data.shapes import build_shapes_dataset, generate_shapes
 from detection.data.voc import parse_voc_xml
@@ -60,7 +60,7 @@ def test_object_sizes_span_every_feature_map_of_the_default_ssd(tmp_path):
 
 
 def test_voc_boxes_become_continuous_xyxy_on_a_real_xml_file():
-    xml = SHARED_DATA / "BCCD_Dataset" / "BCCD" / "Annotations" / "BloodImage_00000.xml"
+    xml = BCCD_SUBSET / "Annotations" / "BloodImage_00000.xml"
     if not xml.is_file():
         pytest.skip(f"{xml} not available")
     objects = parse_voc_xml(xml, ["RBC", "WBC", "Platelets"]).objects
@@ -82,8 +82,9 @@ def test_training_split_leaves_difficult_objects_out_with_their_masks(tmp_path):
     assert not np.any(trained.annotations[index].difficult)
 
 
+@needs_full_bccd
 def test_bccd_preset_reads_the_real_data_and_trains_a_step(compose_train):
-    root = SHARED_DATA / "BCCD_Dataset" / "BCCD"
+    root = BCCD_ROOT
     if not root.is_dir():
         pytest.skip(f"{root} not available")
     cfg = compose_train("dataset=bccd", f"dataset.root={root}", "backbone=resnet18", "anchors=shapes128")

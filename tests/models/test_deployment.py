@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from conftest import REPO, SHARED_DATA, SMALL_SHAPES, run_script
+from conftest import BCCD_SUBSET, REPO, SMALL_SHAPES, run_script
 from detection.data.loader import build_loader
 from detection.data.samples import read_pixels
 from detection.engine.inference import evaluate
@@ -24,7 +24,7 @@ from detection.models.deployment import (ContractModel, ExportedDetector, Export
 from detection.cli.assembly import build_model, model_from_checkpoint
 
 pytestmark = pytest.mark.slow
-BCCD_IMAGES = sorted((SHARED_DATA / "BCCD_Dataset" / "BCCD" / "JPEGImages").glob("*.jpg"))
+BCCD_IMAGES = sorted((BCCD_SUBSET / "JPEGImages").glob("*.jpg"))
 EXPORTS = {"onnx": (export_onnx, ".onnx"), "torchscript": (export_torchscript, ".pt")}
 
 
