@@ -52,10 +52,13 @@ bench: $(INSTALLED)
 mlflow-ui: $(INSTALLED)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
 
-# docs/mlflow_compare.png from the newest sweep in mlflow.db (needs Debian's chromium: apt-get install chromium)
+# outputs/mlflow_compare.png from the newest sweep in mlflow.db (needs Debian's chromium: apt-get install
+# chromium); SCREENSHOT=docs/mlflow_compare.png replaces the docs' picture
+SCREENSHOT ?= outputs/mlflow_compare.png
 mlflow-screenshot: $(INSTALLED)
 	$(PY) -m pip install --quiet -e ".[docs]"
-	$(PY) docs/mlflow_screenshot.py
+	mkdir -p $(dir $(SCREENSHOT))
+	$(PY) docs/mlflow_screenshot.py --out $(SCREENSHOT)
 
 # the documentation site (mkdocs-material): served at http://127.0.0.1:8000, or built into site/
 docs: $(INSTALLED)

@@ -3,7 +3,7 @@ parameters against `val/map`, the run details and the parameters that differ. Pl
 headless Chromium (apt-get install chromium; pip install -e ".[docs]" for Playwright, whose own browser
 download this network refuses).
 
-    python docs/mlflow_screenshot.py [--store sqlite:///mlflow.db] [--out docs/mlflow_compare.png]
+    python docs/mlflow_screenshot.py [--store sqlite:///mlflow.db] [--out outputs/mlflow_compare.png]
 
 Starts `mlflow ui` on a free loopback port over the store, finds the newest parent run of a sweep
 (tag sweep=parent) and its child runs, opens their compare view, closes the assistant panel, sets the
@@ -94,7 +94,8 @@ def screenshot(url: str, out: Path, *, chromium: str, metric: str, size: tuple[i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=f"sqlite:///{REPO / 'mlflow.db'}")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "mlflow_compare.png")
+    # outputs/ (git-ignored) unless asked: the docs' picture is replaced on purpose (--out docs/mlflow_compare.png)
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "mlflow_compare.png")
     parser.add_argument("--metric", default="val/map", help="the metric the plot shows against the parameters")
     parser.add_argument("--size", default="1500,1150", help="browser window, width,height")
     args = parser.parse_args()

@@ -19,7 +19,7 @@ register()  # the configs' typed schemas, as the entry points register them
 REPO = Path(__file__).resolve().parents[1]
 # the whole BCCD dataset (its VOC-layout BCCD/ folder): BCCD_ROOT, as conf/dataset/bccd.yaml reads it, by
 # default where this workplace keeps it; `make data` puts it there
-BCCD_ROOT = REPO / os.environ.get("BCCD_ROOT", "../shared/data/BCCD_Dataset/BCCD")  # relative: to the repository
+BCCD_ROOT = (REPO / os.environ.get("BCCD_ROOT", "../shared/data/BCCD_Dataset/BCCD")).resolve()  # relative: to the repo
 # a dozen of its photos, committed: the tests that read real photos use these, on any clone
 BCCD_SUBSET = REPO / "tests" / "data" / "bccd_subset"
 needs_full_bccd = pytest.mark.skipif(

@@ -30,7 +30,8 @@ class Range(NamedTuple):
     above: bool = False
 
 
-RANGES = (Range("model.score_threshold", 0, 1), Range("model.nms_threshold", 0, 1),
+RANGES = (Range("image_size", 128, whole=True), Range("model.score_threshold", 0, 1),
+          Range("model.nms_threshold", 0, 1),
           Range("model.iou_threshold", 0.0, 1, above=True), Range("model.detections_per_image", 1, whole=True),
           Range("model.candidates_per_class", 1, whole=True), Range("model.min_size", 1, whole=True),
           Range("model.max_size", 1, whole=True), Range("anchors.image_size", 32, whole=True),

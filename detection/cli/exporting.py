@@ -53,9 +53,12 @@ def run_export(cfg: DictConfig) -> Path:
     # written under a name that says it is unchecked, and given its own name once the check has passed: a
     # file at `path` is always a checked one, whatever stops the check
     unchecked = path.with_name(f"{path.stem}.unchecked{path.suffix}")
+    log.info("exporting %s to %s%s ...", metadata["model"], cfg.format,
+             " (about a minute on a CPU: the dense NMS is traced rank by rank)" if module.batch != "1" else "")
     (export_onnx if cfg.format == "onnx" else export_torchscript)(model, unchecked, metadata=metadata, example=example)
     log.info("exported %s (%.1f MB)", unchecked, unchecked.stat().st_size / 1e6)
     if cfg.check:
+        log.info("checking %s against the PyTorch model on %d images ...", unchecked.name, len(images))
         with torch.no_grad():
             reference = [model([image])[0] for image in images]
         exported = ExportedDetector(unchecked)

@@ -37,6 +37,7 @@ class TrainConfig:
     scheduler: Any = MISSING
     tracking: Any = MISSING
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    image_size: Optional[int] = None   # the model's input (SSD: its side; R-CNNs: the short side); null: the groups'
     seed: int = 0
     ckpt_path: Optional[str] = None
 

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 def model_label(cfg: DictConfig, choices: dict[str, Any]) -> str:
     """The model's first word in a label: the model group's choice, with the input size where the model has
-    anchors (`ssd512`, `maskrcnn`)."""
+    anchors (`ssd512`, `maskrcnn`; `image_size=` is that size)."""
     size = OmegaConf.select(cfg, "model.anchors.image_size", default=None)
+    size = size and (cfg.get("image_size") or size)
     return f"{choices.get('model') or 'model'}{size or ''}"
 
 

@@ -20,6 +20,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
 
     from detection.cli import assembly, resume, runs
     from detection.cli.entry import uptime
+    from detection.cli.input_size import apply_image_size
     from detection.cli.job import group_choices, run_dir, start_job
     from detection.cli.sweep import label_of
     from detection.data.samples import split_fingerprint
@@ -29,6 +30,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
 
     run_dir = run_dir()
     cfg, checkpoint = resume.continued_run(cfg, run_dir)
+    apply_image_size(cfg)
     if checkpoint is not None and resume.already_finished(cfg, checkpoint):
         return checkpoint["metrics"]
     settings = check_train(cfg)  # the resumed run's configuration, checked as a new one is

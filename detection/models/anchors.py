@@ -1,10 +1,13 @@
 """SSD default boxes ("anchors") laid out per feature map, as in Liu et al., SSD (ECCV 2016), sec. 2.2."""
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,17 +57,27 @@ class AnchorSpec:
         return [2 + 2 * len(ratios) for ratios in self.aspect_ratios]
 
     def with_feature_map_sizes(self, measured: Sequence[int]) -> "AnchorSpec":
-        """This spec completed by the sizes a dry run measured; configured sizes must agree with them."""
+        """This spec completed by the sizes a dry run measured; configured sizes must agree with them. A
+        layout without configured sizes drops the maps the network does not produce (its last, coarsest
+        ones: a small input ends at a 1x1 map sooner), saying so."""
         measured = tuple(int(s) for s in measured)
+        if len(measured) < self.num_maps and self.feature_map_sizes is None:
+            kept = len(measured)
+            log.info("anchors: the network produces %d feature maps at input %d, not %d: the %d coarsest dropped "
+                     "(box sizes %s kept)", kept, self.image_size, self.num_maps, self.num_maps - kept,
+                     list(self.box_sizes[:kept + 1]))
+            return AnchorSpec(self.image_size, self.box_sizes[:kept + 1], self.aspect_ratios[:kept],
+                              steps=self.steps[:kept] if self.steps else None).with_feature_map_sizes(measured)
         if len(measured) != self.num_maps:
             raise ValueError(
                 f"anchors define {self.num_maps} feature maps (aspect_ratios) but the network produces "
-                f"{len(measured)} at input {self.image_size}: {list(measured)}")
+                f"{len(measured)} at input {self.image_size}: {list(measured)}; to change the input size, set "
+                f"image_size={self.image_size} instead of anchors.image_size (the layout follows it)")
         if self.feature_map_sizes is not None and self.feature_map_sizes != measured:
             raise ValueError(
                 f"anchors.feature_map_sizes {list(self.feature_map_sizes)} do not match the feature maps the "
-                f"network produces at input {self.image_size}: {list(measured)}"
-            )
+                f"network produces at input {self.image_size}: {list(measured)}; to change the input size, set "
+                f"image_size={self.image_size} instead of anchors.image_size (the layout follows it)")
         steps = self.steps or tuple(self.image_size / size for size in measured)
         return AnchorSpec(self.image_size, self.box_sizes, self.aspect_ratios, measured, steps)
 

@@ -119,7 +119,8 @@ def export_onnx(model: nn.Module, path: Path, *, metadata: dict[str, str], examp
                               dynamic_axes={"images": {2: "height", 3: "width"}, **detections})
         graph = onnx.load(str(path))
     else:
-        logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its optimisation passes log every step at INFO
+        for name in ("onnx_ir", "onnxscript"):  # their optimisation passes log every rewrite at INFO
+            logging.getLogger(name).setLevel(logging.WARNING)
         dynamic = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=16, max=16384),
                    3: torch.export.Dim("width", min=16, max=16384)}
         graph = torch.onnx.export(module, (example,), dynamo=True, opset_version=module.opset,

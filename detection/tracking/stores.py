@@ -79,13 +79,22 @@ def store_folder(uri: str) -> Optional[Path]:
     return Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
 
 
+# MLflow 3's UI opens an experiment of this kind on its model-training view (runs, charts), not the GenAI
+# overview it guesses for an experiment without the tag
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client, uri: str, name: str) -> str:
-    """The id of experiment `name` at `uri`, created (with `artifact_location`) when it is new; call it
-    inside `opened_store`, whose lock keeps two jobs from creating it together."""
+    """The id of experiment `name` at `uri`, created (with `artifact_location` and EXPERIMENT_KIND) when it
+    is new, tagged EXPERIMENT_KIND when an older one lacks it; call it inside `opened_store`, whose lock
+    keeps two jobs from creating it together."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name), tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:

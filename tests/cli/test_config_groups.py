@@ -142,11 +142,13 @@ def test_anchor_mismatch_names_both_lists(compose_train):
         build_model(cfg)
 
 
-def test_too_many_maps_for_the_input_is_refused(compose_train):
+def test_a_layout_without_map_sizes_drops_the_maps_the_input_is_too_small_for(compose_train, caplog):
+    caplog.set_level("INFO")
     cfg = compose_train("anchors=shapes128", "anchors.image_size=64", "anchors.feature_map_sizes=null",
                         "anchors.steps=null")
-    with pytest.raises(InstantiationException, match="5 feature maps.*4 at input 64"):
-        build_model(cfg)
+    spec = build_model(cfg).anchor_spec
+    assert spec.feature_map_sizes == (8, 4, 2, 1) and spec.box_sizes == (12, 26, 48, 72, 100)
+    assert "produces 4 feature maps at input 64, not 5: the 1 coarsest dropped" in caplog.text
 
 
 def test_defaults_are_written_once_in_the_schema(compose_train):
@@ -163,3 +165,39 @@ def test_every_search_space_composes_with_a_study_name_that_resolves(search):
         cfg = compose("train", overrides=[f"hparams_search={search}", "tracking=none", "backbone=resnet18",
                                           "anchors=shapes128"], return_hydra_config=True)
     assert OmegaConf.select(cfg, "hydra.sweeper.study_name") == f"{search}_ssd128_resnet18_shapes"
+
+
+@pytest.mark.parametrize("size", [160, 192, 256, 320])
+@pytest.mark.parametrize("layout", ["anchors=ssd300", "anchors=voc512", "model=fasterrcnn fpn=resnet18"])
+def test_image_size_moves_the_model_to_that_input_and_it_trains_a_step(compose_train, caplog, size, layout):
+    from detection.cli.input_size import apply_image_size
+
+    caplog.set_level("INFO")
+    cfg = apply_image_size(compose_train("backbone=resnet18", *layout.split(), f"image_size={size}")
+                           if "anchors" in layout else compose_train(*layout.split(), f"image_size={size}"))
+    check_train(cfg)
+    model = build_model(cfg, pretrained=False).train()
+    if "anchors" in layout:
+        spec, original = model.anchor_spec, compose_train(layout)["anchors"]
+        assert spec.image_size == size and spec.steps[0] == 8.0  # the trunk's stride-8 map is the first
+        assert spec.box_sizes[0] == pytest.approx(original.box_sizes[0] * size / original.image_size, abs=0.01)
+        dropped = original.feature_map_sizes and len(original.aspect_ratios) - spec.num_maps
+        assert ("coarsest dropped" in caplog.text) == bool(dropped)
+    else:
+        assert (model.transform.min_size[-1], model.transform.max_size) == (size, round(1333 * size / 800))
+    images = [torch.rand(3, 120, 150), torch.rand(3, 90, 200)]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 80.0, 90.0]]), "labels": torch.tensor([1])} for _ in images]
+    losses = model(images, targets)
+    sum(losses.values()).backward()
+    assert torch.isfinite(sum(losses.values()))
+
+
+def test_image_size_below_128_is_refused_naming_the_sizes_that_work(compose_train):
+    with pytest.raises(SettingsError, match=r"image_size=100: must be whole numbers >= 128"):
+        check_train(compose_train("image_size=100"))
+
+
+def test_an_explicit_anchor_size_the_layout_does_not_fit_says_to_use_image_size(compose_train):
+    with pytest.raises(InstantiationException, match=r"network produces 5 at input 160: \[20, 10, 5, 3, 1\]; to change the "
+                                         r"input size, set image_size=160 instead of anchors.image_size"):
+        build_model(compose_train("backbone=resnet18", "anchors=ssd300", "anchors.image_size=160"))

@@ -109,6 +109,7 @@ def test_export_py_checks_its_file_and_the_export_scores_the_models_map(tmp_path
         assert result.returncode == 0, output
         assert f"{name}: " in output and " detections match the PyTorch model's" in output
         assert export_format == "torchscript" or "Warning" not in output  # torch.jit warns it is deprecated
+        assert "onnxscript" not in output and "exporting ssd128 to " in output  # quiet, with a line for the slow part
     assert not list((tmp_path / "run").glob("*.unchecked.*"))  # written aside, renamed once checked
     broken = onnx.load(tmp_path / "run" / "model.onnx")
     next(p for p in broken.metadata_props if p.key == "class_names").value = '"person"'
