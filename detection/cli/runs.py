@@ -118,8 +118,9 @@ def start_tracking(cfg: DictConfig, *, is_main: bool, tags: dict[str, str], run_
     sweep = sweep_parent(Path(hydra_config.sweep.dir)) if hydra_config.mode == RunMode.MULTIRUN else None
     named = [o for o in overrides if o.split("=", 1)[0] in sweep["swept"]] if sweep else overrides
     named = [o for o in named if not o.split("=", 1)[0].lstrip("+~").startswith(QUIET_KEYS)]
+    # a sweep's child is named by what it changes (its experiment names the model): short names that differ
     tracker = build_tracker(cfg.tracking, experiment_name=sweep["experiment_name"] if sweep else label,
-                            run_name=" ".join([label, *named]))
+                            run_name=" ".join(named if sweep and named else [label, *named]))
     tracker.start(params=run_params(cfg),
                   tags={"overrides": " ".join(overrides), "host": socket.gethostname(), **tags, **git_tags(),
                         "mlflow.note.content": METRIC_GUIDE},  # the run's description in the UI

@@ -9,7 +9,8 @@ from typing import Iterable, Optional
 import torch
 
 from detection.reporting.debug_images import DebugArtifacts
-from detection.reporting.results import save_results_plot, table_header, table_line, write_results_csv
+from detection.reporting.results import (key_metrics, save_results_plot, table_header, table_line,
+                                        write_class_table, write_results_csv)
 from detection.engine.checkpoint import CheckpointKeeper
 from detection.engine.distributed import gather_to_all
 from detection.engine.inference import evaluate
@@ -143,7 +144,9 @@ class EpochResults(Hook):
     device, read back once at its end), the learning rate, training images/s, the epoch's seconds
     (validation included) and the validation's metrics. The row joins the state's history (so a resumed
     run's table goes on), is logged as a line of the epoch table and, on the main rank, rewrites
-    `results.csv` and `results.png` in `folder`, which go to the tracker too. It follows Validation."""
+    `results.csv`, `results.png` and `per_class_ap.csv` (the validation's per-class APs) in `folder`, which
+    go to the tracker too, under names every run shares (MLflow's compare view lines them up). It follows
+    Validation."""
 
     def __init__(self, folder: Path, tracker: Tracker, *, max_epochs: int, is_main: bool = True):
         self.folder, self.tracker, self.max_epochs, self.is_main = folder, tracker, max_epochs, is_main
@@ -174,9 +177,11 @@ class EpochResults(Hook):
             log.info("%s", table_header(row))
             self.headed = True
         log.info("%s", table_line(row, self.max_epochs))
+        self.tracker.log_metrics(key_metrics(row), step=state.step)
         if self.is_main:
             for path in (write_results_csv(state.history, self.folder / "results.csv"),
-                         save_results_plot(state.history, self.folder / "results.png")):
+                         save_results_plot(state.history, self.folder / "results.png"),
+                         write_class_table(state.metrics, self.folder / "per_class_ap.csv")):
                 self.tracker.log_artifact(path)
 
 

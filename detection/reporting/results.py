@@ -14,6 +14,14 @@ METRIC_COLUMNS = (("P", "val/precision"), ("R", "val/recall"), ("mAP50", "val/ma
 TRAILING_COLUMNS = (("lr", "train/lr"), ("img/s", "train/images_per_s"), ("time", "epoch_s"))
 
 
+def key_metrics(row: dict) -> dict[str, float]:
+    """The epoch's headline numbers under `key/`, a prefix that sorts before `system/`, `train/` and `val/`,
+    so that MLflow's charts and metric lists show them first: val/map, mAP50, mAP50-95, P, R, the mean loss."""
+    names = {"key/val_map": "val/map", "key/mAP50": "val/map50_coco", "key/mAP50-95": "val/map50_95",
+             "key/precision": "val/precision", "key/recall": "val/recall", "key/train_loss": "train/loss"}
+    return {name: row[key] for name, key in names.items() if key in row}
+
+
 def loss_keys(row: dict) -> list[str]:
     """The row's mean training losses (`train/<the model's loss name>`), the total first."""
     others = {key for _, key in TRAILING_COLUMNS}
@@ -61,6 +69,25 @@ def write_results_csv(history: Sequence[dict], path: Path) -> Path:
         writer = csv.DictWriter(file, fieldnames=keys, restval="")
         writer.writeheader()
         writer.writerows(history)
+    return path
+
+
+CLASS_MEASURES = (("AP50 (VOC07)", "ap50_voc07"), ("AP50 (VOC)", "ap50_voc"), ("AP50-95 (COCO)", "ap50_95"))
+
+
+def write_class_table(metrics: dict, path: Path) -> Path:
+    """The latest validation's per-class APs as a CSV table (a row per class, in label order; a column per
+    measure `metrics` has: `val_class/<measure>/<class>`), which MLflow's artifact view shows as a table."""
+    names = list(dict.fromkeys(key.split("/", 2)[2] for key in metrics if key.startswith("val_class/")))
+    measures = [(heading, measure) for heading, measure in CLASS_MEASURES
+                if any(key.startswith(f"val_class/{measure}/") for key in metrics)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["class", *(heading for heading, _ in measures)])
+        for name in names:
+            writer.writerow([name, *(f"{metrics.get(f'val_class/{measure}/{name}', math.nan):.4f}"
+                                     for _, measure in measures)])
     return path
 
 

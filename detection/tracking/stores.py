@@ -79,6 +79,9 @@ def store_folder(uri: str) -> Optional[Path]:
     return Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
 
 
+# the query that opens MLflow 3's pages on their model-training view (runs, charts) rather than the GenAI one
+# the UI starts on (a choice it keeps in the browser, so a link is the only way to make it from outside)
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 # MLflow 3's UI opens an experiment of this kind on its model-training view (runs, charts), not the GenAI
 # overview it guesses for an experiment without the tag
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -99,7 +102,7 @@ def experiment_id(client, uri: str, name: str) -> str:
 
 def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
     """How to look at a run: the command serving a local store, or the server's page of the run."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return (f"{tool_command('mlflow', 'ui', '--backend-store-uri', uri)} (then "
-            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id})")
+        return f"{uri.rstrip('/')}/{page}"
+    return f"{tool_command('mlflow', 'ui', '--backend-store-uri', uri)} (then http://127.0.0.1:5000/{page})"

@@ -37,7 +37,7 @@ def test_smoke_training_writes_a_checkpoint_and_logs_to_mlflow(tmp_path, shapes_
     assert "val/map" in runs[0].data.metrics and runs[0].data.params["optimizer.lr"] == "0.001"
     artifacts = {item.path for item in mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").list_artifacts(
         runs[0].info.run_id)}
-    assert {"results.csv", "results.png"} <= artifacts
+    assert {"results.csv", "results.png", "per_class_ap.csv"} <= artifacts
     # the epoch table: a heading with the model's own losses, then one line per epoch
     heading, line = [text.split(" - ", 1)[1] for text in result.stdout.splitlines() if "engine.hooks" in text][:2]
     assert heading.split()[:2] == ["epoch", "loss"] and heading.split()[-8:] == \

@@ -3,7 +3,7 @@
 import csv
 import math
 
-from detection.reporting.results import sweep_table, table_header, table_line, write_results_csv
+from detection.reporting.results import sweep_table, table_header, table_line, write_class_table, write_results_csv
 
 
 def row(epoch, val_map, **extra):
@@ -42,3 +42,11 @@ def test_the_sweep_table_shows_what_differs_and_the_best_job_ignoring_nan():
     assert lines[2].split()[2:] == ["0.5000", "3", "0.4000", "optimizer.lr=0.01"]
     assert lines[4].split()[2:] == ["-", "-", "-", "optimizer.lr=1"]
     assert lines[-1] == "best: job 0 (optimizer.lr=0.01), val/map 0.5000 at epoch 3: /s/0/checkpoints/best.pt"
+
+
+def test_the_per_class_table_has_a_row_per_class_in_label_order_and_a_column_per_measure(tmp_path):
+    metrics = {"val/map": 0.5, "val_class/ap50_voc07/cat": 0.25, "val_class/ap50_voc07/dog": 0.75,
+               "val_class/ap50_95/cat": 0.125, "val_class/ap50_95/dog": float("nan")}
+    with open(write_class_table(metrics, tmp_path / "per_class_ap.csv")) as file:
+        rows = list(csv.reader(file))
+    assert rows == [["class", "AP50 (VOC07)", "AP50-95 (COCO)"], ["cat", "0.2500", "0.1250"], ["dog", "0.7500", "nan"]]

@@ -125,8 +125,11 @@ def test_a_multirun_is_a_parent_run_with_a_child_per_job_and_a_failed_job_does_n
     assert len(runs) == 3 and len(children) == 2
     assert [child.info.status for child in children] == ["FAILED", "FINISHED"]
     assert parent.info.status == "FAILED" and parent.info.run_name == "sweep optimizer.lr=-1,0.002"
-    assert [child.info.run_name for child in children] == ["ssd128_resnet18_shapes optimizer.lr=-1",
-                                                           "ssd128_resnet18_shapes optimizer.lr=0.002"]
+    # named by what they change, so the runs list tells them apart at a glance; the experiment names the model
+    assert [child.info.run_name for child in children] == ["optimizer.lr=-1", "optimizer.lr=0.002"]
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert {"key/val_map", "key/mAP50-95", "key/precision"} <= set(children[1].data.metrics)
+    assert children[1].data.metrics["key/val_map"] == children[1].data.metrics["val/map"]
     first, second = (child.data.params for child in children)
     assert {key for key in first if first[key] != second.get(key)} == {"optimizer.lr"}
     assert "val/map" in children[1].data.metrics
