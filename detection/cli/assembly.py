@@ -16,12 +16,13 @@ from detection.cli.runs import ended_with_status, start_tracking
 from detection.cli.trusted import trusted_checkpoint
 from detection.data.loader import TrainingLoader, build_loader, stop_workers
 from detection.engine import hooks
-from detection.reporting.debug_images import DebugArtifacts
 from detection.engine.checkpoint import RunLock
 from detection.engine.distributed import shutdown_distributed
 from detection.engine.precision import Precision
 from detection.engine.settings import TrainerSettings
 from detection.evaluation import DetectionEvaluator
+from detection.profiling.complexity import Complexity, measure_complexity
+from detection.reporting.debug_images import DebugArtifacts
 from detection.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,15 @@ def training_hooks(cfg: DictConfig, settings: TrainerSettings, job: Job, tracker
     return ([logger, *debug_images, validation, results],
             hooks.Checkpoints(run_dir / "checkpoints", every=settings.checkpoint_every, keep_last=settings.keep_last,
                               is_main=job.is_main, best_model_only=settings.best_model_only))
+
+
+def log_complexity(model: torch.nn.Module, tracker: Tracker) -> Complexity:
+    """The model's parameters and GMACs, in the log as a table and in the run as `model/...` params."""
+    complexity = measure_complexity(model)
+    log.info("model: %s parameters (%s trainable), %.3f GMACs on one %dx%d image\n%s", f"{complexity.params:,}",
+             f"{complexity.trainable:,}", complexity.gmacs, *complexity.input, complexity.table())
+    tracker.log_params(complexity.as_params())
+    return complexity
 
 
 def debug_artifacts(cfg: DictConfig, run_dir: Path, tracker: Tracker, precision: Precision,

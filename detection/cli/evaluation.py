@@ -47,6 +47,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     from detection.engine.inference import evaluate
     from detection.engine.precision import EVALUATION
     from detection.evaluation import DetectionEvaluator, validation_metrics
+    from detection.profiling.complexity import measure_complexity
     from detection.reporting.plots import save_error_plots
 
     model, trained, checkpoint = model_from_checkpoint(Path(cfg.ckpt_path))
@@ -68,10 +69,12 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     if not context.is_main:
         return metrics
 
-    errors = evaluator.error_breakdown()
-    log.info("%s on %s's validation split, in %s:\n%s\n%s", cfg.ckpt_path, dataset.name, EVALUATION.name,
-             per_class_table(metrics, list(dataset.classes)), error_table(errors, list(dataset.classes)))
-    (run_dir() / "metrics.json").write_text(json.dumps({**metrics, "error_breakdown": errors}, indent=2))
+    errors, complexity = evaluator.error_breakdown(), measure_complexity(model)
+    log.info("%s on %s's validation split, in %s:\n%s\n%s\n%s", cfg.ckpt_path, dataset.name, EVALUATION.name,
+             per_class_table(metrics, list(dataset.classes)), error_table(errors, list(dataset.classes)),
+             complexity.table())
+    (run_dir() / "metrics.json").write_text(json.dumps({**metrics, "error_breakdown": errors,
+                                                        "complexity": complexity.as_params()}, indent=2))
     # COCO in, COCO out: a COCO file's own image and category ids (VOC splits keep their indices and labels)
     records = evaluator.detection_records(image_ids=getattr(val_set, "image_ids", None),
                                           category_ids=getattr(val_set, "category_ids", None))

@@ -44,6 +44,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             assembly.build_model(cfg, pretrained=checkpoint is None), device=job.device, context=job.context,
             channels_last=settings.uses_channels_last(job.device.type), compile=settings.compile,
             cudnn_benchmark=settings.cudnn_benchmark, sync_batchnorm=settings.sync_batchnorm)
+        if job.is_main:
+            assembly.log_complexity(model, tracker)
         train_loader, val_loader = assembly.training_loaders(held, train_set, val_set, settings, job, cfg.seed)
         optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
         scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=settings.max_epochs * len(train_loader))

@@ -95,13 +95,15 @@ def send_kept_record(record: dict) -> None:
 def send_record(record: dict) -> None:
     """Delivers one record (see `MlflowTracker`) to the run and store it names ('run_id', 'uri')."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, Param
 
     client, run_id = MlflowClient(record["uri"]), record["run_id"]
     if record["kind"] == "metrics":
         metrics = [Metric(key, value, record["timestamp"], record["step"]) for key, value in record["metrics"].items()]
         for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             client.log_batch(run_id, metrics=metrics[start:start + 1000])
+    elif record["kind"] == "params":  # the same value again (a resumed run's) is accepted; another is refused
+        client.log_batch(run_id, params=[Param(key, value) for key, value in record["params"].items()])
     elif record["kind"] == "artifact":
         log_files = client.log_artifacts if Path(record["path"]).is_dir() else client.log_artifact
         log_files(run_id, record["path"], record["artifact_path"])
@@ -233,6 +235,11 @@ class MlflowTracker:
             self._renamed_recorded = len(self._keys.renamed)
             self._put({"kind": "tag", "key": "renamed_keys",
                        "value": json.dumps(self._keys.renamed, ensure_ascii=False)[:MAX_TAG_LENGTH]})
+
+    def log_params(self, params):
+        """Params logged after the start (the model's cost, known once it is built); values as strings."""
+        self._put({"kind": "params", "params": {self._keys([key])[key]: _param_value(value)
+                                                for key, value in params.items()}})
 
     def log_artifact(self, path, artifact_path=None):
         """A file, or a folder as a folder of that name, under `artifact_path` of the run's artifacts."""

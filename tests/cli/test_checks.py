@@ -45,6 +45,8 @@ pytestmark = pytest.mark.faults
     ("dataset.classes=[]", r"dataset.classes=[]: give a list of one or more class names"),
     ("dataset.classes=[a,b,a]", "dataset.classes lists ['a'] more than once"),
     ("dataset.classes=person", "dataset.classes='person' is one name, not a list: write dataset.classes=[person]"),
+    ("dataset=voc_layout dataset.root=/data/mine", "dataset.classes is not set: list the classes in label order, "
+                                                   "e.g. dataset.classes=[cat,dog]"),
     ("model=maskrcnn dataset=voc_layout dataset.root=/nowhere dataset.classes=[a]",
      "dataset.train gives boxes only (/nowhere/SegmentationObject does not exist): for box-only data use "
      "model=fasterrcnn"),

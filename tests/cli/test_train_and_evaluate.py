@@ -35,6 +35,7 @@ def test_smoke_training_writes_a_checkpoint_and_logs_to_mlflow(tmp_path, shapes_
         [e.experiment_id for e in mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_experiments()])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "val/map" in runs[0].data.metrics and runs[0].data.params["optimizer.lr"] == "0.001"
+    assert int(runs[0].data.params["model/params"]) > 0 and float(runs[0].data.params["model/gmacs"]) > 0
     artifacts = {item.path for item in mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").list_artifacts(
         runs[0].info.run_id)}
     assert {"results.csv", "results.png", "per_class_ap.csv"} <= artifacts
@@ -104,6 +105,7 @@ def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "VOC07 AP50" in output and "COCO AP" in output and "ellipse" in output and "localisation" in output
+    assert "FLOPs = 2 x MACs" in output and "features.trunk" in output  # what the model costs
     metrics = json.loads((eval_dir / "run" / "metrics.json").read_text())
     assert 0.0 <= metrics["val/map"] <= 1.0 and "missed" in metrics["error_breakdown"]["counts"]
     validated = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["metrics"]
