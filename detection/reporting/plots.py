@@ -80,30 +80,34 @@ def save_anchor_plots(best_iou: np.ndarray, box_sizes: np.ndarray, prior_sizes: 
 
 def save_dataset_plots(boxes: np.ndarray, labels: np.ndarray, class_names: Sequence[str], folder: Path) -> list[Path]:
     """Three PNGs in `folder` of a split's objects (boxes float [N, 4] xyxy pixels, labels int64 [N]):
-    objects_per_class.png, box_sizes.png (width against height, log axes, a colour per class) and
-    aspect_ratios.png (the histogram of width / height, log axis)."""
+    objects_per_class.png (wider with more classes, names slanted when they would collide), box_sizes.png
+    (width against height, log axes, a colour per class) and aspect_ratios.png (the histogram of width /
+    height, log axis); each saved with its labels inside the picture."""
     plt = pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     names, _ = drawable_names(class_names)
     size = boxes[:, 2:] - boxes[:, :2]
     sane = (size > 0).all(axis=1)
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    figure, axes = plt.subplots(figsize=(min(max(6.0, 0.35 * len(names)), 30.0), 4), dpi=100)
     axes.bar(names, [(labels == label).sum() for label in range(1, len(class_names) + 1)])
     axes.set(ylabel="objects", title="objects per class")
-    figure.savefig(folder / "objects_per_class.png")
+    if sum(len(name) for name in names) > 60:  # horizontal names would overlap
+        axes.tick_params(axis="x", labelrotation=45)
+        plt.setp(axes.get_xticklabels(), ha="right", rotation_mode="anchor")
+    figure.savefig(folder / "objects_per_class.png", bbox_inches="tight")
     plt.close(figure)
     figure, axes = plt.subplots(figsize=(6, 5), dpi=100)
     for label, name in enumerate(names, start=1):
         chosen = sane & (labels == label)
         axes.scatter(size[chosen, 0], size[chosen, 1], s=4, alpha=0.4, label=name)
     axes.set(xscale="log", yscale="log", xlabel="width (pixels)", ylabel="height (pixels)", title="box sizes")
-    axes.legend(fontsize="small")
-    figure.savefig(folder / "box_sizes.png")
+    axes.legend(fontsize="small", ncol=max(1, len(names) // 15))
+    figure.savefig(folder / "box_sizes.png", bbox_inches="tight")
     plt.close(figure)
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
     axes.hist(size[sane, 0] / size[sane, 1], bins=np.geomspace(0.1, 10, 41))
     axes.set(xscale="log", xlabel="aspect ratio (width / height)", ylabel="objects", title="aspect ratios")
-    figure.savefig(folder / "aspect_ratios.png")
+    figure.savefig(folder / "aspect_ratios.png", bbox_inches="tight")
     plt.close(figure)
     return [folder / name for name in ("objects_per_class.png", "box_sizes.png", "aspect_ratios.png")]
 

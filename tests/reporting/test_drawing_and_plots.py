@@ -71,3 +71,17 @@ def test_plots_that_grow_with_the_class_count_draw_a_bounded_number_of_classes(t
     for name in ("confusion.png", "pr.png"):
         with Image.open(tmp_path / name) as image:
             assert max(image.size) < 2500, (name, image.size)
+
+
+def test_dataset_plots_keep_their_labels_inside_the_picture_with_many_long_class_names(tmp_path):
+    from PIL import Image
+
+    from detection.reporting.plots import save_dataset_plots
+
+    rng = np.random.default_rng(0)
+    corners = rng.uniform(0, 300, (400, 2))
+    boxes = np.concatenate([corners, corners + rng.uniform(5, 100, (400, 2))], axis=1)
+    names = [f"long class name {k}" for k in range(20)]
+    per_class, _, ratios = save_dataset_plots(boxes, rng.integers(1, 21, 400), names, tmp_path)
+    # the slanted names and the x label are part of the saved picture, not cut at the figure's 4-inch edge
+    assert Image.open(per_class).height > 400 and Image.open(ratios).height >= 380
