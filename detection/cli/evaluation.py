@@ -48,6 +48,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     from detection.engine.precision import EVALUATION
     from detection.evaluation import DetectionEvaluator, validation_metrics
     from detection.profiling.complexity import measure_complexity
+    from detection.profiling.speed import StageTimes, speed_line
     from detection.reporting.plots import save_error_plots
 
     model, trained, checkpoint = model_from_checkpoint(Path(cfg.ckpt_path))
@@ -62,17 +63,19 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     evaluator = DetectionEvaluator(class_names=list(dataset.classes),
                                    confusion_score_threshold=cfg.confusion_score_threshold)
     try:
-        metrics = validation_metrics(evaluate(model.to(device), loader, evaluator, device=device,
-                                              progress=context.is_main))
+        with StageTimes(model, device) as times:
+            results = evaluate(model.to(device), loader, evaluator, device=device, progress=context.is_main)
     finally:
         shutdown_distributed()
+    speed = times.per_image()
+    metrics = {**validation_metrics(results), **{f"val/speed/{key}": ms for key, ms in speed.items()}}
     if not context.is_main:
         return metrics
 
     errors, complexity = evaluator.error_breakdown(), measure_complexity(model)
-    log.info("%s on %s's validation split, in %s:\n%s\n%s\n%s", cfg.ckpt_path, dataset.name, EVALUATION.name,
+    log.info("%s on %s's validation split, in %s:\n%s\n%s\n%s\n%s", cfg.ckpt_path, dataset.name, EVALUATION.name,
              per_class_table(metrics, list(dataset.classes)), error_table(errors, list(dataset.classes)),
-             complexity.table())
+             complexity.table(), speed_line(speed, device=device, batch_size=cfg.batch_size))
     (run_dir() / "metrics.json").write_text(json.dumps({**metrics, "error_breakdown": errors,
                                                         "complexity": complexity.as_params()}, indent=2))
     # COCO in, COCO out: a COCO file's own image and category ids (VOC splits keep their indices and labels)

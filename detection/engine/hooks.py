@@ -18,6 +18,7 @@ from detection.engine.precision import EVALUATION
 from detection.engine.state import TrainingState
 from detection.engine.step import StepOutcome
 from detection.evaluation import DetectionEvaluator, validation_metrics
+from detection.profiling.speed import StageTimes
 from detection.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,9 @@ class DebugImages(Hook):
 
 
 class Validation(Hook):
-    """After each epoch: the model over `loader`, its metrics logged (`val/...`, see validation_metrics)
-    and recorded in the state, and (with `artifacts`) a drawn validation image and the PR curves. It runs in
+    """After each epoch: the model over `loader`, its metrics logged (`val/...`, see validation_metrics;
+    `val/speed/<stage>_ms`, the milliseconds per image of its stages, see StageTimes) and recorded in the
+    state, and (with `artifacts`) a drawn validation image and the PR curves. It runs in
     the precision evaluate.py runs in (EVALUATION, fp32), whatever the training's: one number per checkpoint."""
 
     def __init__(self, loader: Iterable, evaluator: DetectionEvaluator, tracker: Tracker, *, device: torch.device,
@@ -131,8 +133,10 @@ class Validation(Hook):
 
     def after_epoch(self, state: TrainingState) -> None:
         model = state.train_step.model
-        metrics = validation_metrics(evaluate(model, self.loader, self.evaluator, device=self.device,
-                                              precision=EVALUATION, progress=self.progress))
+        with StageTimes(model, self.device) as times:
+            results = evaluate(model, self.loader, self.evaluator, device=self.device, precision=EVALUATION,
+                               progress=self.progress)
+        metrics = {**validation_metrics(results), **{f"val/speed/{key}": ms for key, ms in times.per_image().items()}}
         self.tracker.log_metrics({**metrics, "epoch": state.epoch}, step=state.step)
         if self.artifacts is not None:
             self.artifacts.validation(model, state.step, state.epoch, self.loader.dataset, self.evaluator, metrics)

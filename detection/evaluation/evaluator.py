@@ -179,6 +179,8 @@ What this run's metrics mean (markdown: MLflow shows it as the run's description
   the same for masks.
 - `val_class/<measure>/<class>`: the per-class APs of those measures (`ap50_voc07` is `val/map`'s).
 - `val/errors/<type>`: TIDE's dAP at IoU 0.5 (the AP50 that fixing that error type gains); `<type>_count`.
+- `val/speed/preprocess_ms|network_ms|postprocess_ms`: milliseconds per image of each stage in validation.
+- `key/...`: the headline numbers again (val/map, mAP50, mAP50-95, precision, recall, train loss), first.
 - `train/...`: losses and learning rate; `system/...`: MLflow's CPU, memory and GPU readings."""
 
 
