@@ -44,9 +44,12 @@ class PredictionWriter:
     files with their errors), and with `draw` each image drawn into `images/`, or, given `video`, each
     frame drawn into it."""
 
-    def __init__(self, folder: Path, class_names: Sequence[str], *, score_threshold: float, draw: bool = True,
-                 video: Optional[VideoWriter] = None):
-        self.folder, self.class_names, self.score_threshold = Path(folder), list(class_names), score_threshold
+    def __init__(self, folder: Path, class_names: Sequence[str], *, score_threshold: "float | Sequence[float]",
+                 draw: bool = True, video: Optional[VideoWriter] = None):
+        """score_threshold: one score for every class, or one per class (label k's is the k-th)."""
+        self.folder, self.class_names = Path(folder), list(class_names)
+        per_class = [score_threshold] * len(class_names) if isinstance(score_threshold, (int, float)) else score_threshold
+        self.thresholds = torch.tensor([1.0, *per_class])  # by label; background never kept
         self.draw, self.video = draw, video
         self.records: list[dict] = []
         self.images: list[dict] = []
@@ -54,14 +57,16 @@ class PredictionWriter:
         self.names: set[str] = set()
 
     def add(self, name: str, image: torch.Tensor, prediction: dict[str, torch.Tensor], seconds: float) -> None:
+        keep = prediction["scores"] >= self.thresholds[prediction["labels"]]
+        prediction = {key: value[keep] for key, value in prediction.items()}
         records = coco_records(prediction, file_name=name, image_id=len(self.images), class_names=self.class_names,
-                               score_threshold=self.score_threshold)
+                               score_threshold=0.0)
         self.records += records
         self.images.append({"file_name": name, "width": image.shape[2], "height": image.shape[1],
                             "detections": len(records), "inference_ms": round(1000 * seconds, 3)})
         if not self.draw:
             return
-        drawn = draw_detections(image, NO_TARGET, prediction, self.class_names, score_threshold=self.score_threshold,
+        drawn = draw_detections(image, NO_TARGET, prediction, self.class_names, score_threshold=0.0,
                                 max_predictions=100, min_side=0)
         if self.video is not None:
             self.video.write(drawn)

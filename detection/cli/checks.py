@@ -175,8 +175,10 @@ def check_predict(cfg: DictConfig) -> None:
     if cfg.model_path and cfg.source in SPLIT_SOURCES and not os.path.exists(cfg.source):
         raise SettingsError(f"source={cfg.source}: a dataset split is the checkpoint's; give ckpt_path= (an "
                             f"exported file holds no dataset), or a folder, image, glob or video")
-    if not 0 <= cfg.score_threshold <= 1:
-        raise SettingsError(f"score_threshold must be within 0..1, got {cfg.score_threshold}")
+    score = cfg.score_threshold
+    if score != "auto" and (isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1):
+        raise SettingsError(f"score_threshold must be within 0..1 or auto (each class's threshold, saved by "
+                            f"evaluate.py save_thresholds=true), got {cfg.score_threshold!r}")
 
 
 def check_export(cfg: DictConfig) -> None:

@@ -83,9 +83,28 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
                                           category_ids=getattr(val_set, "category_ids", None))
     (run_dir() / "detections.json").write_text(json.dumps(records))
     save_error_plots(errors, run_dir() / "errors", title=Path(cfg.ckpt_path).name)
+    save_class_thresholds(cfg, checkpoint, evaluator.class_thresholds())
     record_evaluation(cfg, trained, checkpoint, dataset.name, metrics)
     log.info("results in %s (metrics.json, detections.json, errors/)", run_dir())
     return metrics
+
+
+def save_class_thresholds(cfg: DictConfig, checkpoint: dict, thresholds: dict[str, dict[str, float]]) -> None:
+    """Each class's F1-best score threshold (with its F1, precision, recall) into thresholds.json and the
+    log; with `save_thresholds`, a copy of the checkpoint holding them as `score_thresholds` (class name ->
+    score), which `predict.py score_threshold=auto` and `export.py` read."""
+    from detection.cli.job import run_dir
+    from detection.engine.checkpoint import save_checkpoint
+
+    (run_dir() / "thresholds.json").write_text(json.dumps(thresholds, indent=2))
+    log.info("per-class score thresholds (F1-best at IoU 0.5):\n%s", "\n".join(
+        f"  {name:<16} score >= {row['threshold']:.3f}: F1 {row['f1']:.3f} (precision {row['precision']:.3f}, "
+        f"recall {row['recall']:.3f})" for name, row in thresholds.items()))
+    if cfg.save_thresholds:
+        path = run_dir() / Path(cfg.ckpt_path).name
+        save_checkpoint({**checkpoint, "score_thresholds": {name: row["threshold"] for name, row in thresholds.items()}},
+                        path)
+        log.info("%s: the checkpoint with these thresholds (predict.py score_threshold=auto uses them)", path)
 
 
 def record_evaluation(cfg: DictConfig, trained: DictConfig, checkpoint: dict, dataset_name: str,

@@ -44,7 +44,9 @@ def run_export(cfg: DictConfig) -> Path:
                                                     f"{model.transform.max_size}"
     metadata = {"class_names": json.dumps(checkpoint["class_names"]),
                 "model": model_label(trained, checkpoint.get("choices", {})),
-                "image_size": str(resize), "checkpoint": str(cfg.ckpt_path), "step": str(checkpoint["step"])}
+                "image_size": str(resize), "checkpoint": str(cfg.ckpt_path), "step": str(checkpoint["step"]),
+                **({"score_thresholds": json.dumps(checkpoint["score_thresholds"])}
+                   if checkpoint.get("score_thresholds") else {})}
     images = check_images(trained, cfg.check_images)
     # an SSD's graph is the same whatever the image; an R-CNN's is traced on a real one, whose detections
     # take every branch that inference takes

@@ -31,7 +31,8 @@ def run_prediction(cfg: DictConfig) -> dict[str, float]:
         device, class_names = resolve_device(cfg.device), checkpoint["class_names"]
         model.to(device)
     run_dir, source = job_dir(), Path(cfg.source)
-    options = {"score_threshold": cfg.score_threshold, "draw": cfg.draw}
+    saved = model.metadata.get("score_thresholds") if cfg.model_path else checkpoint.get("score_thresholds")
+    options = {"score_threshold": score_thresholds(cfg, saved, class_names), "draw": cfg.draw}
     if is_video(cfg.source):
         frames = VideoFrames(source)
         video = VideoWriter(run_dir / f"{source.stem}.mp4", frames.fps) if cfg.draw else None
@@ -50,10 +51,29 @@ def run_prediction(cfg: DictConfig) -> dict[str, float]:
         predict_batches(model, loader, writer, device=device, total=len(loader), progress=cfg.progress)
     summary = writer.close()
     record_run(cfg, run_dir, summary)
-    log.info("%d images, %d detections at score >= %.2f, %d unreadable (listed in images.json); %.1f images/s "
-             "in the model; results in %s", summary["images"], summary["detections"], cfg.score_threshold,
+    log.info("%d images, %d detections at score >= %s, %d unreadable (listed in images.json); %.1f images/s "
+             "in the model; results in %s", summary["images"], summary["detections"],
+             "each class's threshold" if cfg.score_threshold == "auto" else f"{cfg.score_threshold:.2f}",
              summary["unreadable"], summary["images"] / max(summary["inference_s"], 1e-9), run_dir)
     return summary
+
+
+def score_thresholds(cfg: DictConfig, saved, class_names: list[str]) -> "float | list[float]":
+    """`score_threshold`, or with `auto` the per-class thresholds `saved` in the checkpoint or the export
+    (a dict class name -> score, or its JSON), in label order; said in the log."""
+    import json
+
+    from detection.engine.settings import SettingsError
+
+    if cfg.score_threshold != "auto":
+        return float(cfg.score_threshold)
+    if not saved:
+        raise SettingsError(f"score_threshold=auto: {cfg.model_path or cfg.ckpt_path} holds no per-class thresholds; "
+                            f"evaluate.py ckpt_path=<checkpoint> save_thresholds=true writes a copy that does")
+    saved = json.loads(saved) if isinstance(saved, str) else saved
+    log.info("score_threshold=auto: each class's F1-best threshold on its validation split: %s",
+             ", ".join(f"{name} {saved[name]:.3f}" for name in class_names))
+    return [float(saved[name]) for name in class_names]
 
 
 def split_images(source: str, trained) -> "list[Path] | None":

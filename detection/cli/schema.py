@@ -53,6 +53,7 @@ class EvaluateConfig:
     num_workers: int = 2
     device: str = "auto"
     confusion_score_threshold: float = TrainerSettings.confusion_score_threshold  # what the matrix counts
+    save_thresholds: bool = False   # also write a copy of the checkpoint holding each class's F1-best threshold
 
 
 @dataclass
@@ -66,7 +67,9 @@ class PredictConfig:
     model_path: Optional[str] = None   # a file export.py wrote (model.onnx: onnxruntime; model.pt: TorchScript)
     source: str = MISSING
     tracking: Any = MISSING
-    score_threshold: float = 0.3       # detections below it are neither drawn nor written
+    # detections below it are neither drawn nor written; auto: each class's F1-best threshold, which
+    # `evaluate.py save_thresholds=true` stores in a checkpoint copy (and export.py in the file)
+    score_threshold: Any = 0.3
     batch_size: int = 8
     num_workers: int = 2
     device: str = "auto"

@@ -8,7 +8,7 @@ import torch
 
 from detection.evaluation.coco import BACKENDS, coco_metrics, coco_results, encode_masks
 from detection.evaluation.errors import breakdown, outcomes
-from detection.evaluation.voc import average_precision, best_f1_point, precision_recall_curves
+from detection.evaluation.voc import average_precision, best_f1_index, best_f1_point, precision_recall_curves
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,32 @@ class DetectionEvaluator:
         """class name -> (recall, precision) at IoU 0.5 as VOC ranks detections, for classes with objects."""
         return self._curves(*self._concatenated())
 
+    def class_thresholds(self) -> dict[str, dict[str, float]]:
+        """Per class with objects: the score threshold at which its F1 at IoU 0.5 is highest (its detections
+        scoring at least that are kept), with that F1, precision and recall; a class without detections
+        gets threshold 1.0 and F1 0."""
+        thresholds = {}
+        for name, (scores, recall, precision) in self._ranked().items():
+            best = best_f1_index(recall, precision)
+            thresholds[name] = {"threshold": float(scores[best]) if best >= 0 else 1.0,
+                                **f1_point(recall, precision, best)}
+        return thresholds
+
+    def f1_at(self, thresholds: dict[str, float]) -> dict[str, dict[str, float]]:
+        """Per class with objects: F1, precision and recall at IoU 0.5 keeping its detections that score
+        at least `thresholds[class]` (a held-out check of thresholds chosen on other images)."""
+        return {name: f1_point(recall, precision, int(np.sum(scores >= thresholds[name])) - 1)
+                for name, (scores, recall, precision) in self._ranked().items()}
+
+    def _ranked(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """class name -> (its detections' scores, descending: the curve's order; recall; precision)."""
+        detections, objects = self._concatenated()
+        ranked = {}
+        for name, (recall, precision) in self._curves(detections, objects).items():
+            label = self.class_names.index(name) + 1
+            ranked[name] = (np.sort(detections["scores"][detections["labels"] == label])[::-1], recall, precision)
+        return ranked
+
     def compute(self) -> dict[str, float]:
         results: dict[str, float] = {}
         detections, objects = self._concatenated()
@@ -161,6 +187,12 @@ class DetectionEvaluator:
                 arrays["masks"] = [rle for part in parts for rle in part["masks"]]
             flat.append(arrays)
         return flat[0], flat[1]
+
+
+def f1_point(recall: np.ndarray, precision: np.ndarray, index: int) -> dict[str, float]:
+    """F1, precision and recall at point `index` of a class's curve (-1: no detection kept, all 0)."""
+    p, r = (float(precision[index]), float(recall[index])) if index >= 0 else (0.0, 0.0)
+    return {"f1": 2 * p * r / max(p + r, 1e-12), "precision": p, "recall": r}
 
 
 # compute()'s summary keys -> the names a run logs under val/ (one key per number; COCO's with mask_ too)

@@ -59,14 +59,18 @@ def best_objects(detections: dict[str, np.ndarray], objects: dict[str, np.ndarra
     return best_object, best_iou
 
 
+def best_f1_index(recall: np.ndarray, precision: np.ndarray) -> int:
+    """The point of a class's curve (its detections by descending score) where F1 is highest; -1 for a
+    class without detections."""
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return int(np.argmax(f1)) if len(f1) else -1
+
+
 def best_f1_point(recall: np.ndarray, precision: np.ndarray) -> tuple[float, float]:
     """(precision, recall) where the curve's F1 is highest (as ultralytics' P and R pick their score
     threshold); (0, 0) for a class without detections."""
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    if not len(f1):
-        return 0.0, 0.0
-    best = int(np.argmax(f1))
-    return float(precision[best]), float(recall[best])
+    best = best_f1_index(recall, precision)
+    return (float(precision[best]), float(recall[best])) if best >= 0 else (0.0, 0.0)
 
 
 def precision_recall_curves(detections: dict[str, np.ndarray], objects: dict[str, np.ndarray], num_classes: int,

@@ -5,10 +5,10 @@ import json
 import shutil
 
 import cv2
+from hydra.utils import instantiate
 import mlflow
 import numpy as np
 import pytest
-from hydra.utils import instantiate
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -17,6 +17,7 @@ from conftest import run_script
 from detection.prediction import coco_records
 from detection.data.samples import read_pixels
 from detection.cli.assembly import model_from_checkpoint
+from detection.engine.checkpoint import load_checkpoint
 
 
 def test_coco_records_keep_what_scores_enough_as_xywh_with_names_and_rle_masks():
@@ -138,3 +139,28 @@ def test_tracking_mlflow_records_the_results_as_artifacts(tmp_path, smoke_ssd):
     assert run.info.status == "FINISHED" and run.data.metrics["images"] == 1
     logged = {entry.path for entry in client.list_artifacts(run.info.run_id, "predictions")}
     assert logged == {"predictions/predictions.json", "predictions/images.json", "predictions/images"}
+
+
+def test_evaluate_saves_each_classes_threshold_and_predict_auto_keeps_detections_above_them(tmp_path, smoke_ssd):
+    checkpoint, _ = smoke_ssd
+    result = run_script("evaluate.py", f"ckpt_path={checkpoint}", "save_thresholds=true", "tracking=none",
+                        "num_workers=0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    thresholds = json.loads((tmp_path / "run" / "thresholds.json").read_text())
+    copy = tmp_path / "run" / checkpoint.name
+    saved = load_checkpoint(copy)["score_thresholds"]
+    assert saved == {name: row["threshold"] for name, row in thresholds.items()} and saved
+    assert all(0 <= row["f1"] <= 1 and 0 <= row["threshold"] <= 1 for row in thresholds.values())
+    assert "per-class score thresholds (F1-best at IoU 0.5)" in result.stdout
+
+    predicted = tmp_path / "predicted"
+    predicted.mkdir()
+    result = predict(predicted, f"ckpt_path={copy}", "source=val", "score_threshold=auto", "draw=false")
+    assert result.returncode == 0, result.stderr
+    assert "score_threshold=auto: each class's F1-best threshold" in result.stdout
+    records = json.loads((predicted / "run" / "predictions.json").read_text())
+    assert records and all(record["score"] >= round(saved[record["category_name"]], 5) - 1e-5 for record in records)
+    assert len(records) < len(json.loads((tmp_path / "run" / "detections.json").read_text()))
+
+    refused = predict(predicted, f"ckpt_path={checkpoint}", "source=val", "score_threshold=auto")
+    assert refused.returncode == 2 and "holds no per-class thresholds; evaluate.py" in refused.stdout

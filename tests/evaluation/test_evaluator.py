@@ -205,3 +205,20 @@ def test_unknown_metric_or_backend_is_refused():
         DetectionEvaluator(class_names=("a",), metrics=("f1",))
     with pytest.raises(ValueError, match="unknown COCO backend"):
         DetectionEvaluator(class_names=("a",), coco_backend="mine")
+
+
+def test_each_class_threshold_is_the_score_where_its_f1_is_highest():
+    # class a: TP 0.9, FP 0.8 (a duplicate), TP 0.7 over 2 objects: F1 2/3, 1/2, 4/5 -> keep from 0.7
+    # class b: one object, its TP at 0.6 then two FPs at 0.5 and 0.4: F1 1, 2/3, 1/2 -> keep from 0.6
+    predictions = [prediction([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70],
+                               [80, 80, 90, 90]], [1, 1, 1, 2, 2, 2], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4])]
+    targets = [target([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [1, 1, 2])]
+    evaluator = DetectionEvaluator(class_names=("a", "b"))
+    evaluator.update(predictions, targets)
+    thresholds = evaluator.class_thresholds()
+    assert thresholds["a"] == pytest.approx({"threshold": 0.7, "f1": 0.8, "precision": 2 / 3, "recall": 1.0})
+    assert thresholds["b"] == pytest.approx({"threshold": 0.6, "f1": 1.0, "precision": 1.0, "recall": 1.0})
+    at = evaluator.f1_at({"a": 0.85, "b": 0.45})  # a keeps its first detection; b its first two
+    assert at["a"] == pytest.approx({"f1": 2 / 3, "precision": 1.0, "recall": 0.5})
+    assert at["b"] == pytest.approx({"f1": 2 / 3, "precision": 0.5, "recall": 1.0})
+    assert evaluator.f1_at({"a": 0.95, "b": 1.0})["a"] == {"f1": 0.0, "precision": 0.0, "recall": 0.0}

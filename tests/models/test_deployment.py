@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from conftest import BCCD_SUBSET, REPO, SMALL_SHAPES, run_script
 from detection.data.loader import build_loader
 from detection.data.samples import read_pixels
+from detection.engine.checkpoint import load_checkpoint, save_checkpoint
 from detection.engine.inference import evaluate
 from detection.evaluation import DetectionEvaluator
 from detection.models.deployment import (ContractModel, ExportedDetector, ExportParityError, check_parity,
@@ -103,14 +104,20 @@ def test_an_rcnn_export_detects_and_segments_what_the_model_does(tmp_path, expor
 
 def test_export_py_checks_its_file_and_the_export_scores_the_models_map(tmp_path, smoke_ssd, shapes_root):
     checkpoint, _ = smoke_ssd
+    with_thresholds = tmp_path / "with_thresholds.pt"  # as evaluate.py save_thresholds=true writes it
+    save_checkpoint({**load_checkpoint(checkpoint), "score_thresholds": {"ellipse": 0.5, "rectangle": 0.25,
+                                                                          "triangle": 0.5, "star": 0.75}},
+                    with_thresholds)
     for export_format, name in (("onnx", "model.onnx"), ("torchscript", "model.pt")):
-        result = run_script("export.py", f"ckpt_path={checkpoint}", f"format={export_format}", cwd=tmp_path)
+        result = run_script("export.py", f"ckpt_path={with_thresholds}", f"format={export_format}", cwd=tmp_path)
         output = result.stdout + result.stderr
         assert result.returncode == 0, output
         assert f"{name}: " in output and " detections match the PyTorch model's" in output
         assert export_format == "torchscript" or "Warning" not in output  # torch.jit warns it is deprecated
         assert "onnxscript" not in output and "exporting ssd128 to " in output  # quiet, with a line for the slow part
     assert not list((tmp_path / "run").glob("*.unchecked.*"))  # written aside, renamed once checked
+    for name in ("model.onnx", "model.pt"):  # the thresholds travel with the file, for score_threshold=auto
+        assert json.loads(ExportedDetector(tmp_path / "run" / name).metadata["score_thresholds"])["star"] == 0.75
     broken = onnx.load(tmp_path / "run" / "model.onnx")
     next(p for p in broken.metadata_props if p.key == "class_names").value = '"person"'
     onnx.save(broken, tmp_path / "broken.onnx")
