@@ -161,6 +161,7 @@ def check_evaluate(cfg: DictConfig) -> None:
     """Refuses unknown or unset keys, and out-of-range loading settings and threshold, naming the key."""
     check_keys(cfg, EvaluateConfig)
     check_loading(cfg)
+    check_at_least("worst_images", cfg.worst_images, 0)
     if not 0 <= cfg.confusion_score_threshold <= 1:
         raise SettingsError(f"confusion_score_threshold must be within 0..1, got {cfg.confusion_score_threshold}")
 

@@ -84,9 +84,29 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     (run_dir() / "detections.json").write_text(json.dumps(records))
     save_error_plots(errors, run_dir() / "errors", title=Path(cfg.ckpt_path).name)
     save_class_thresholds(cfg, checkpoint, evaluator.class_thresholds())
+    save_per_image(evaluator, val_set, list(dataset.classes), cfg.worst_images)
     record_evaluation(cfg, trained, checkpoint, dataset.name, metrics)
     log.info("results in %s (metrics.json, detections.json, errors/)", run_dir())
     return metrics
+
+
+def save_per_image(evaluator, val_set, class_names: list[str], count: int) -> None:
+    """per_image.json (each image's file, AP50, objects, detections and TIDE error counts) and, with `count`,
+    worst_images.png: the `count` images with the lowest AP50, their outcomes drawn in colour."""
+    from detection.cli.job import run_dir
+    from detection.reporting.gallery import save_gallery, worst_images
+
+    rows = evaluator.per_image()
+    paths = val_set.image_paths() if hasattr(val_set, "image_paths") else None
+    for row in rows:
+        row["file_name"] = str(paths[row["image"]]) if paths is not None else str(row["image"])
+    (run_dir() / "per_image.json").write_text(json.dumps(rows, indent=1))
+    if count:
+        worst = worst_images(rows, count)
+        path = save_gallery(worst, lambda index: val_set[index][0], evaluator.outcomes_of, class_names,
+                            run_dir() / "worst_images.png")
+        log.info("%s: the %d images with the lowest AP50 (%s), their detections coloured by TIDE's error type",
+                 path, len(worst), ", ".join(Path(row["file_name"]).name for row in worst[:4]) + ", ...")
 
 
 def save_class_thresholds(cfg: DictConfig, checkpoint: dict, thresholds: dict[str, dict[str, float]]) -> None:
@@ -132,7 +152,9 @@ def record_evaluation(cfg: DictConfig, trained: DictConfig, checkpoint: dict, da
     with ended_with_status(tracker):
         tracker.log_metrics({f"eval/{key.removeprefix('val/')}": value for key, value in metrics.items()},
                             step=int(checkpoint["step"]))
-        for path in (run_dir() / "metrics.json", run_dir() / "detections.json", run_dir() / "errors"):
-            tracker.log_artifact(path, artifact_path=f"evaluation/{name}")
+        for file_name in ("metrics.json", "detections.json", "errors", "thresholds.json", "per_image.json",
+                          "worst_images.png"):
+            if (run_dir() / file_name).exists():
+                tracker.log_artifact(run_dir() / file_name, artifact_path=f"evaluation/{name}")
         if status is not None:  # the training run ends as it had ended
             tracker.end(status)

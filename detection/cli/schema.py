@@ -54,6 +54,7 @@ class EvaluateConfig:
     device: str = "auto"
     confusion_score_threshold: float = TrainerSettings.confusion_score_threshold  # what the matrix counts
     save_thresholds: bool = False   # also write a copy of the checkpoint holding each class's F1-best threshold
+    worst_images: int = 16          # the images with the lowest AP50 drawn in worst_images.png (0: none)
 
 
 @dataclass

@@ -327,6 +327,31 @@ def breakdown(result: Outcomes, detections: dict[str, np.ndarray], objects: dict
     return summary(base, fixed, counts, class_names, result.confusion)
 
 
+def per_image(result: Outcomes, detections: dict[str, np.ndarray], objects: dict[str, np.ndarray],
+              num_classes: int) -> list[dict]:
+    """One row per image with objects or counted detections, by image id: its AP50 (TIDE's AP over that
+    image's classes; nan without objects or detections of any class), objects, counted detections, true
+    positives and the count of each ERROR_TYPES; summed over the images, the counts are `breakdown`'s."""
+    counted = np.flatnonzero(~result.ignored)
+    det_image = detections["image"][result.index[counted]]
+    det_order, obj_real = counted[np.argsort(det_image, kind="stable")], np.flatnonzero(~result.object_ignored)
+    obj_order = obj_real[np.argsort(objects["image"][obj_real], kind="stable")]
+    det_sorted, obj_sorted = detections["image"][result.index[det_order]], objects["image"][obj_order]
+    rows = []
+    for image in np.unique(np.concatenate([det_sorted, obj_sorted])):
+        mine = det_order[np.searchsorted(det_sorted, image):np.searchsorted(det_sorted, image, side="right")]
+        theirs = obj_order[np.searchsorted(obj_sorted, image):np.searchsorted(obj_sorted, image, side="right")]
+        labels, hits = detections["labels"][result.index[mine]], result.true_positive[mine]
+        order = ranked(labels, descending(detections["scores"][result.index[mine]]))
+        positives = np.bincount(objects["labels"][theirs], minlength=num_classes + 1)
+        errors = np.bincount(result.error[mine][result.error[mine] >= 0], minlength=len(ERROR_TYPES))
+        rows.append({"image": int(image), "ap50": mean(class_aps(labels[order], hits[order], positives)),
+                     "objects": len(theirs), "detections": len(mine), "true_positives": int(hits.sum()),
+                     **{name: int(errors[k]) for k, name in enumerate(ERROR_TYPES[:-1])},
+                     "missed": int(result.missed[theirs].sum())})
+    return rows
+
+
 def mean(aps: np.ndarray) -> float:
     """The mean of per-class APs over the classes that have one (nan when none has)."""
     return float(np.nanmean(aps)) if np.isfinite(aps).any() else float("nan")

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from detection.evaluation.coco import BACKENDS, coco_metrics, coco_results, encode_masks
-from detection.evaluation.errors import breakdown, outcomes
+from detection.evaluation.errors import ERROR_TYPES, Outcomes, breakdown, outcomes, per_image
 from detection.evaluation.voc import average_precision, best_f1_index, best_f1_point, precision_recall_curves
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class DetectionEvaluator:
     def reset(self) -> None:
         self._records: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
         self._breakdown: dict[str, Any] | None = None
+        self._result: Outcomes | None = None
 
     def update(self, predictions: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> None:
         """predictions: 'boxes' float [K, 4] xyxy pixels, 'labels' int64 [K], 'scores' float [K], optionally
@@ -73,23 +74,55 @@ class DetectionEvaluator:
                 objects["masks"] = encode_masks(target["masks"].cpu().numpy())
                 objects["image_size"] = tuple(target["masks"].shape[-2:])  # (H, W), for COCOeval's masks
             self._records.append((image_id, detections, objects))
-        self._breakdown = None
+        self._breakdown, self._result = None, None
 
     def synchronize(self, gather: Callable[[list[Any]], list[Any]]) -> None:
         """Replaces this process's records with those `gather` collects from every process (data
         parallelism), in image_id order, so every process computes the single-process metrics."""
         self._records = sorted(gather(self._records), key=lambda record: record[0])
-        self._breakdown = None
+        self._breakdown, self._result = None, None
 
     def error_breakdown(self) -> dict[str, Any]:
         """TIDE's error counts and dAPs (overall and per class) and the confusion matrix, as
         `detection.evaluation.errors.breakdown` returns them; computed once per set of records."""
         if self._breakdown is None:
             detections, objects = self._concatenated()
-            result = outcomes(detections, objects, len(self.class_names),
-                              score_threshold=self.confusion_score_threshold)
-            self._breakdown = breakdown(result, detections, objects, list(self.class_names))
+            self._breakdown = breakdown(self._outcomes(), detections, objects, list(self.class_names))
         return self._breakdown
+
+    def per_image(self) -> list[dict]:
+        """Per image with objects or detections, by split index (`image`): AP50, objects, detections, true
+        positives and TIDE's error counts (`detection.evaluation.errors.per_image`)."""
+        detections, objects = self._concatenated()
+        return per_image(self._outcomes(), detections, objects, len(self.class_names))
+
+    def outcomes_of(self, image: int) -> dict[str, Any]:
+        """What became of one image's detections and objects, for drawing: detections 'boxes' float [D, 4],
+        'labels', 'scores', 'kind' (per detection 'correct', an error type, or 'ignored'); objects 'boxes',
+        'labels', 'kind' ('found'; 'missed'; 'near', unmatched where a classification or localisation error
+        lies; 'ignored')."""
+        detections, objects = self._concatenated()
+        result = self._outcomes()
+        mine = np.flatnonzero(detections["image"][result.index] == image)
+        kinds = np.array([*ERROR_TYPES, "correct", "ignored"])
+        kind = np.where(result.true_positive[mine], len(ERROR_TYPES), np.where(result.ignored[mine], len(kinds) - 1,
+                                                                                result.error[mine]))
+        theirs = np.flatnonzero(objects["image"] == image)
+        found = np.select([result.object_ignored[theirs], result.matched[theirs], result.missed[theirs]],
+                          ["ignored", "found", "missed"], "near")
+        index = result.index[mine]
+        return {"detections": {"boxes": detections["boxes"][index], "labels": detections["labels"][index],
+                               "scores": detections["scores"][index], "kind": kinds[kind].tolist()},
+                "objects": {"boxes": objects["boxes"][theirs], "labels": objects["labels"][theirs],
+                            "kind": found.tolist()}}
+
+    def _outcomes(self) -> Outcomes:
+        """TIDE's outcome of every detection and object, computed once per set of records."""
+        if self._result is None:
+            detections, objects = self._concatenated()
+            self._result = outcomes(detections, objects, len(self.class_names),
+                                    score_threshold=self.confusion_score_threshold)
+        return self._result
 
     def detection_records(self, *, image_ids: Optional[Sequence[int]] = None,
                           category_ids: Optional[Mapping[int, int]] = None) -> list[dict[str, Any]]:

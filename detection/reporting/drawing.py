@@ -25,6 +25,11 @@ def _font() -> tuple[str, frozenset[int]]:
     return path, frozenset(FT2Font(path).get_charmap())
 
 
+def label_font(size: int = LABEL_FONT_SIZE) -> ImageFont.FreeTypeFont:
+    """The font labels are written in, at `size` pixels."""
+    return ImageFont.truetype(_font()[0], size)
+
+
 def drawable_names(class_names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """The label each class is drawn with: its name where the font has every character of it, else
     '#<label>' (a name in a script the font lacks would show as empty boxes); and the legend of those
@@ -85,7 +90,7 @@ def draw_tags(canvas: torch.Tensor, tags: list[tuple[list[float], str, str]]) ->
     when all do), clipped into the picture. uint8 [3, H, W] in and out."""
     picture = Image.fromarray(canvas.permute(1, 2, 0).numpy())
     pen = ImageDraw.Draw(picture)
-    font = ImageFont.truetype(_font()[0], LABEL_FONT_SIZE)
+    font = label_font()
     placed: list[tuple[float, float, float, float]] = []
     for (left, top, _, bottom), text, colour in tags:
         x0, y0, x1, y1 = pen.textbbox((0, 0), text, font=font)

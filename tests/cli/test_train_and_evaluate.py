@@ -121,7 +121,13 @@ def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):
                                          weights_only=False)["tracking_run_id"]
     assert run.data.metrics["eval/map"] == metrics["val/map"] and "eval/errors/missed_count" in run.data.metrics
     assert {item.path for item in client.list_artifacts(run.info.run_id, "evaluation/last.pt")} == \
-        {"evaluation/last.pt/metrics.json", "evaluation/last.pt/detections.json", "evaluation/last.pt/errors"}
+        {f"evaluation/last.pt/{name}" for name in ("metrics.json", "detections.json", "errors", "thresholds.json",
+                                                   "per_image.json", "worst_images.png")}
+    # per image: each file's AP50 and error counts, which add up to the split's breakdown
+    rows = json.loads((eval_dir / "run" / "per_image.json").read_text())
+    assert all(row["file_name"].endswith(".jpg") for row in rows)
+    for name, count in metrics["error_breakdown"]["counts"].items():
+        assert sum(row[name] for row in rows) == count, name
     detections = json.loads((eval_dir / "run" / "detections.json").read_text())
     assert detections and {"image_id", "category_id", "category_name", "bbox", "score"} <= set(detections[0])
     assert {record["category_name"] for record in detections} <= {"ellipse", "rectangle", "triangle", "star"}

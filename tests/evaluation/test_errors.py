@@ -201,3 +201,35 @@ def test_the_ground_truth_given_as_predictions_has_no_errors(tmp_path):
     mine = ours(objects, predictions, 3)
     assert mine["ap"] == 1.0 and sum(mine["counts"].values()) == 0
     assert_agree(mine, tidecv_breakdown(tmp_path, objects, predictions, len(val), 3))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_per_image_counts_add_up_to_the_splits_breakdown_and_a_perfect_image_scores_one(seed):
+    objects, predictions, images, classes = random_split(seed)
+    objects.append((images, [10.0, 10.0, 60.0, 60.0], 1))  # an image found exactly: AP50 1, no errors
+    predictions.append((images, [10.0, 10.0, 60.0, 60.0], 1, 0.99))
+    evaluator = DetectionEvaluator(class_names=[str(c) for c in range(1, classes + 1)])
+    by_image = {}
+    for image, box, label in objects:
+        by_image.setdefault(image, ([], []))[1].append((box, label))
+    for image, box, label, score in predictions:
+        by_image.setdefault(image, ([], []))[0].append((box, label, score))
+    for image, (found, truth) in sorted(by_image.items()):
+        order = sorted(range(len(found)), key=lambda k: -found[k][2])
+        evaluator.update([{"boxes": torch.tensor([found[k][0] for k in order], dtype=torch.float32).reshape(-1, 4),
+                           "labels": torch.tensor([found[k][1] for k in order], dtype=torch.int64),
+                           "scores": torch.tensor([found[k][2] for k in order])}],
+                         [{"boxes": torch.tensor([b for b, _ in truth], dtype=torch.float32).reshape(-1, 4),
+                           "labels": torch.tensor([c for _, c in truth], dtype=torch.int64),
+                           "image_id": torch.tensor(image)}])
+    rows = evaluator.per_image()
+    counts = evaluator.error_breakdown()["counts"]
+    for name in ERROR_TYPES:
+        assert sum(row[name] for row in rows) == counts[name], name
+    assert sum(row["objects"] for row in rows) == len(objects)
+    last = rows[-1]
+    assert last["image"] == images and last["ap50"] == 1.0 and last["true_positives"] == 1
+    drawn = evaluator.outcomes_of(images)
+    assert drawn["detections"]["kind"] == ["correct"] and drawn["objects"]["kind"] == ["found"]
+    kinds = [kind for row in rows for kind in evaluator.outcomes_of(row["image"])["detections"]["kind"]]
+    assert {name: kinds.count(name) for name in ERROR_TYPES[:-1]} == {name: counts[name] for name in ERROR_TYPES[:-1]}
