@@ -40,16 +40,12 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from detection.cli.assembly import model_from_checkpoint
-    from detection.cli.job import run_dir
     from detection.data.loader import build_loader
     from detection.engine.device import resolve_device
     from detection.engine.distributed import init_distributed, shutdown_distributed
     from detection.engine.inference import evaluate
-    from detection.engine.precision import EVALUATION
     from detection.evaluation import DetectionEvaluator, validation_metrics
-    from detection.profiling.complexity import measure_complexity
-    from detection.profiling.speed import StageTimes, speed_line
-    from detection.reporting.plots import save_error_plots
+    from detection.profiling.speed import StageTimes
 
     model, trained, checkpoint = model_from_checkpoint(Path(cfg.ckpt_path))
     dataset = cfg.dataset if cfg.get("dataset") else trained.dataset
@@ -69,25 +65,54 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
         shutdown_distributed()
     speed = times.per_image()
     metrics = {**validation_metrics(results), **{f"val/speed/{key}": ms for key, ms in speed.items()}}
-    if not context.is_main:
-        return metrics
+    if context.is_main:
+        write_results(cfg, model=model, trained=trained, checkpoint=checkpoint, dataset=dataset, val_set=val_set,
+                      evaluator=evaluator, metrics=metrics, speed=speed, device=device)
+    return metrics
 
+
+def write_results(cfg: DictConfig, *, model, trained: DictConfig, checkpoint: dict, dataset: DictConfig, val_set,
+                  evaluator, metrics: dict[str, float], speed: dict[str, float], device) -> None:
+    """What an evaluation leaves in its run folder (metrics.json, detections.json, errors/, thresholds,
+    per_image.json and the worst images, precision_recall.png, report.md), printed and recorded."""
+    from datetime import datetime, timezone
+
+    from detection.cli.job import run_dir
+    from detection.engine.precision import EVALUATION
+    from detection.evaluation import class_aps
+    from detection.profiling.complexity import measure_complexity
+    from detection.profiling.speed import speed_line
+    from detection.reporting.plots import save_error_plots, save_precision_recall_plot
+    from detection.reporting.report import write_report
+
+    classes, folder = list(dataset.classes), run_dir()
     errors, complexity = evaluator.error_breakdown(), measure_complexity(model)
     log.info("%s on %s's validation split, in %s:\n%s\n%s\n%s\n%s", cfg.ckpt_path, dataset.name, EVALUATION.name,
-             per_class_table(metrics, list(dataset.classes)), error_table(errors, list(dataset.classes)),
-             complexity.table(), speed_line(speed, device=device, batch_size=cfg.batch_size))
-    (run_dir() / "metrics.json").write_text(json.dumps({**metrics, "error_breakdown": errors,
-                                                        "complexity": complexity.as_params()}, indent=2))
+             per_class_table(metrics, classes), error_table(errors, classes), complexity.table(),
+             speed_line(speed, device=device, batch_size=cfg.batch_size))
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "error_breakdown": errors,
+                                                     "complexity": complexity.as_params()}, indent=2))
     # COCO in, COCO out: a COCO file's own image and category ids (VOC splits keep their indices and labels)
     records = evaluator.detection_records(image_ids=getattr(val_set, "image_ids", None),
                                           category_ids=getattr(val_set, "category_ids", None))
-    (run_dir() / "detections.json").write_text(json.dumps(records))
-    save_error_plots(errors, run_dir() / "errors", title=Path(cfg.ckpt_path).name)
-    save_class_thresholds(cfg, checkpoint, evaluator.class_thresholds())
-    save_per_image(evaluator, val_set, list(dataset.classes), cfg.worst_images)
+    (folder / "detections.json").write_text(json.dumps(records))
+    save_error_plots(errors, folder / "errors", title=Path(cfg.ckpt_path).name)
+    save_precision_recall_plot(evaluator.precision_recall(), class_aps(metrics, classes),
+                               folder / "precision_recall.png", class_names=classes,
+                               title=f"precision-recall at IoU 0.5, {Path(cfg.ckpt_path).name}")
+    thresholds = evaluator.class_thresholds()
+    save_class_thresholds(cfg, checkpoint, thresholds)
+    save_per_image(evaluator, val_set, classes, cfg.worst_images)
+    facts = {"checkpoint": f"{cfg.ckpt_path} (step {checkpoint['step']})", "dataset": f"{dataset.name}, its "
+             f"validation split ({len(val_set)} images)", "device": f"{device}, batch {cfg.batch_size}",
+             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    pictures = [("precision-recall", "precision_recall.png"), ("dAP per error type", "errors/errors_dap.png"),
+                ("confusion matrix", "errors/confusion.png")]
+    report = write_report(folder, facts=facts, metrics=metrics, classes=classes, errors=errors, complexity=complexity,
+                          speed=speed, thresholds=thresholds, pictures=pictures,
+                          worst="worst_images.png" if (folder / "worst_images.png").is_file() else None)
     record_evaluation(cfg, trained, checkpoint, dataset.name, metrics)
-    log.info("results in %s (metrics.json, detections.json, errors/)", run_dir())
-    return metrics
+    log.info("results in %s; the report: %s", folder, report)
 
 
 def save_per_image(evaluator, val_set, class_names: list[str], count: int) -> None:
@@ -153,7 +178,7 @@ def record_evaluation(cfg: DictConfig, trained: DictConfig, checkpoint: dict, da
         tracker.log_metrics({f"eval/{key.removeprefix('val/')}": value for key, value in metrics.items()},
                             step=int(checkpoint["step"]))
         for file_name in ("metrics.json", "detections.json", "errors", "thresholds.json", "per_image.json",
-                          "worst_images.png"):
+                          "worst_images.png", "precision_recall.png", "report.md"):
             if (run_dir() / file_name).exists():
                 tracker.log_artifact(run_dir() / file_name, artifact_path=f"evaluation/{name}")
         if status is not None:  # the training run ends as it had ended

@@ -122,7 +122,16 @@ def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):
     assert run.data.metrics["eval/map"] == metrics["val/map"] and "eval/errors/missed_count" in run.data.metrics
     assert {item.path for item in client.list_artifacts(run.info.run_id, "evaluation/last.pt")} == \
         {f"evaluation/last.pt/{name}" for name in ("metrics.json", "detections.json", "errors", "thresholds.json",
-                                                   "per_image.json", "worst_images.png")}
+                                                   "per_image.json", "worst_images.png", "precision_recall.png",
+                                                   "report.md")}
+    # one report: every section, every picture it shows beside it, its path printed
+    report = (eval_dir / "run" / "report.md").read_text()
+    for heading in ("## Headline", "## Per class", "## Errors (TIDE at IoU 0.5)", "## The worst images", "## Cost",
+                    "## Robustness"):
+        assert heading in report, heading
+    pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert len(pictures) == 4 and all((eval_dir / "run" / picture).is_file() for picture in pictures)
+    assert f"the report: {eval_dir / 'run' / 'report.md'}" in output
     # per image: each file's AP50 and error counts, which add up to the split's breakdown
     rows = json.loads((eval_dir / "run" / "per_image.json").read_text())
     assert all(row["file_name"].endswith(".jpg") for row in rows)
