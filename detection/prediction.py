@@ -48,7 +48,8 @@ class PredictionWriter:
                  draw: bool = True, video: Optional[VideoWriter] = None):
         """score_threshold: one score for every class, or one per class (label k's is the k-th)."""
         self.folder, self.class_names = Path(folder), list(class_names)
-        per_class = [score_threshold] * len(class_names) if isinstance(score_threshold, (int, float)) else score_threshold
+        single = isinstance(score_threshold, (int, float))
+        per_class = [score_threshold] * len(class_names) if single else list(score_threshold)
         self.thresholds = torch.tensor([1.0, *per_class])  # by label; background never kept
         self.draw, self.video = draw, video
         self.records: list[dict] = []

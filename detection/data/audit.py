@@ -83,8 +83,8 @@ def audit_image(root: Path, image_id: str, class_names: Sequence[str]) -> ImageA
         size = (width, height)
         audit.digest = hashlib.sha1(image_path.read_bytes()).hexdigest()
         if names_another_file(image_id, filename):
-            audit.problems.append(("<filename> names another image", f"{xml_path}: <filename> {filename}, but the "
-                                                                      f"image of {image_id} is {image_path.name} (read)"))
+            line = f"{xml_path}: <filename> {filename}, but the image of {image_id} is {image_path.name} (read)"
+            audit.problems.append(("<filename> names another image", line))
     except (OSError, ValueError) as error:
         audit.problems.append(("missing or unreadable image", str(error)))
         size = objects.size

@@ -13,7 +13,7 @@ from detection.reporting.drawing import drawable_names, label_font
 
 # detections by their outcome, objects by theirs (missed: no detection could have found them)
 COLOURS = {"correct": "lime", "localisation": "yellow", "classification": "orange", "both": "saddlebrown",
-           "duplicate": "violet", "background": "red", "missed": "deepskyblue", "near": "white"}
+           "duplicate": "violet", "background": "red", "found": "palegreen", "missed": "deepskyblue", "near": "white"}
 SHORT = {"localisation": "loc", "classification": "cls", "both": "both", "duplicate": "dup", "background": "bkg",
          "missed": "missed"}
 TILE = 320  # pixels of a tile's longer side
@@ -29,9 +29,8 @@ def worst_images(rows: Sequence[dict], count: int) -> list[dict]:
 
 
 def draw_outcomes(image: torch.Tensor, outcomes: dict, class_names: Sequence[str], caption: str) -> Image.Image:
-    """uint8 [3, H, W] scaled to TILE, objects that were missed or nearly found and the MAX_DRAWN best
-    detections scoring at least DRAWN_SCORE boxed in their outcome's colour with their class, the caption on
-    top."""
+    """uint8 [3, H, W] scaled to TILE, its objects (thin) and the MAX_DRAWN best detections scoring at
+    least DRAWN_SCORE boxed in their outcome's colour with their class, the caption on top."""
     picture = Image.fromarray(image.permute(1, 2, 0).numpy())
     scale = TILE / max(picture.size)
     picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))))
@@ -39,13 +38,13 @@ def draw_outcomes(image: torch.Tensor, outcomes: dict, class_names: Sequence[str
     pen, font = ImageDraw.Draw(picture), label_font(11)
     objects, detections = outcomes["objects"], outcomes["detections"]
     boxes = [(box, label, kind) for box, label, kind in zip(objects["boxes"], objects["labels"], objects["kind"])
-             if kind in ("missed", "near")]
+             if kind in COLOURS]
     best = np.argsort(-np.asarray(detections["scores"]), kind="stable")[:MAX_DRAWN]
     boxes += [(detections["boxes"][k], detections["labels"][k], detections["kind"][k]) for k in best
               if detections["scores"][k] >= DRAWN_SCORE and detections["kind"][k] in COLOURS]
     for box, label, kind in boxes:
         corners = (np.asarray(box, dtype=np.float64) * scale).tolist()
-        pen.rectangle(corners, outline=COLOURS[kind], width=2)
+        pen.rectangle(corners, outline=COLOURS[kind], width=1 if kind in ("found", "near", "missed") else 2)
         pen.text((corners[0] + 2, corners[1] + 1), names[int(label) - 1], fill=COLOURS[kind], font=font)
     tile = Image.new("RGB", (TILE, TILE + 16), "black")
     tile.paste(picture, (0, 16))
@@ -68,7 +67,7 @@ def save_gallery(rows: Sequence[dict], image_of: Callable[[int], torch.Tensor], 
         sheet.paste(tile, ((k % columns) * TILE, (k // columns) * (TILE + 16)))
     pen, font, x = ImageDraw.Draw(sheet), label_font(12), 4
     for kind, colour in COLOURS.items():
-        text = {"near": "object a cls/loc error was on", "missed": "missed object"}.get(kind, kind)
+        text = {"found": "object found", "near": "object a cls/loc error was on", "missed": "missed object"}.get(kind, kind)
         pen.text((x, sheet.height - 18), text, fill=colour, font=font)
         x += int(pen.textlength(text, font=font)) + 14
     path.parent.mkdir(parents=True, exist_ok=True)
