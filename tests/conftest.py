@@ -27,6 +27,11 @@ needs_full_bccd = pytest.mark.skipif(
     reason=f"the whole BCCD dataset is not at {BCCD_ROOT}: `make data` fetches it (or copies BCCD_SOURCE=<folder>), "
            f"or set BCCD_ROOT to its BCCD/ folder")
 
+def scores(metrics: dict) -> dict:
+    """A run's or an evaluation's metrics without its timings (`val/speed/...`), which no two runs share."""
+    return {key: value for key, value in metrics.items() if not key.startswith("val/speed/")}
+
+
 # small shapes variant the tests share (generated once per session under a temporary root)
 SMALL_SHAPES = ["dataset.num_train=8", "dataset.num_val=4"]
 

@@ -167,8 +167,9 @@ def test_every_search_space_composes_with_a_study_name_that_resolves(search):
     assert OmegaConf.select(cfg, "hydra.sweeper.study_name") == f"{search}_ssd128_resnet18_shapes"
 
 
-@pytest.mark.parametrize("size", [160, 192, 256, 320])
-@pytest.mark.parametrize("layout", ["anchors=ssd300", "anchors=voc512", "model=fasterrcnn fpn=resnet18"])
+@pytest.mark.parametrize("size, layout", [(160, "anchors=ssd300"), (192, "anchors=ssd300"), (256, "anchors=ssd300"),
+                                          (320, "anchors=ssd300"), (160, "anchors=voc512"), (256, "anchors=voc512"),
+                                          (192, "model=fasterrcnn fpn=resnet18"), (320, "model=fasterrcnn fpn=resnet18")])
 def test_image_size_moves_the_model_to_that_input_and_it_trains_a_step(compose_train, caplog, size, layout):
     from detection.cli.input_size import apply_image_size
 
