@@ -5,7 +5,8 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-CLASS_COLUMNS = (("VOC07 AP50", "ap50_voc07"), ("VOC AP50", "ap50_voc"), ("COCO AP50-95", "ap50_95"))
+from detection.reporting.results import CLASS_MEASURES
+
 HEADLINE = (("val/map (VOC07 AP50)", "val/map"), ("VOC AP50", "val/map50_voc"), ("COCO AP50-95", "val/map50_95"),
             ("COCO AP50", "val/map50_coco"), ("precision", "val/precision"), ("recall", "val/recall"))
 
@@ -29,9 +30,9 @@ def report_lines(*, facts: dict[str, str], metrics: dict, classes: Sequence[str]
     lines = ["# Evaluation report", "", *(f"- **{key}**: {value}" for key, value in facts.items()), "",
              "## Headline", "", *table(["measure", "value"], [(name, metrics.get(key, math.nan))
                                                                 for name, key in HEADLINE])]
-    lines += ["## Per class", "", *table(["class", *(name for name, _ in CLASS_COLUMNS), "F1-best threshold", "F1"],
+    lines += ["## Per class", "", *table(["class", *(name for name, _ in CLASS_MEASURES), "F1-best threshold", "F1"],
                                          [(name, *(metrics.get(f"val_class/{key}/{name}", math.nan)
-                                                   for _, key in CLASS_COLUMNS),
+                                                   for _, key in CLASS_MEASURES),
                                            thresholds.get(name, {}).get("threshold", math.nan),
                                            thresholds.get(name, {}).get("f1", math.nan)) for name in classes])]
     lines += ["## Errors (TIDE at IoU 0.5)", "", f"TIDE's AP50 {errors['ap']:.4f}; dAP: the AP50 fixing a type gains.",
