@@ -9,8 +9,8 @@ from typing import Any, NamedTuple, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from detection.cli.schema import (AnchorToolsConfig, EvaluateConfig, ExportConfig, InspectDataConfig, PredictConfig,
-                                  TrainConfig)
+from detection.cli.schema import (AnchorToolsConfig, CompareSweepsConfig, EvaluateConfig, ExportConfig,
+                                  InspectDataConfig, PredictConfig, TrainConfig)
 from detection.data.classes import checked_class_names
 from detection.engine.settings import SettingsError, TrainerSettings, check_at_least, check_seed, unknown_key
 
@@ -195,6 +195,13 @@ def check_inspect_data(cfg: DictConfig) -> None:
     check_keys(cfg, InspectDataConfig)
     check_at_least("num_workers", cfg.num_workers, 0)
     check_classes(cfg)
+
+
+def check_compare_sweeps(cfg: DictConfig) -> None:
+    """Refuses unknown or unset keys and a store that is not MLflow's."""
+    check_keys(cfg, CompareSweepsConfig)
+    if cfg.tracking.get("_target_") != "detection.tracking.MlflowTracker":
+        raise SettingsError("tracking: compare_sweeps reads sweeps from an MLflow store (tracking=mlflow)")
 
 
 def check_anchor_tools(cfg: DictConfig) -> None:

@@ -84,10 +84,11 @@ class Composing:
         os.environ["HYDRA_FULL_ERROR"] = "1"
         try:
             return hydra_main()
-        except HydraException as error:
+        except (HydraException, SettingsError) as error:  # a sweeper refuses its settings before any job
             if self.started:
                 raise
-            sys.stderr.write(f"error: {composition_error(error)}\n")
+            message = composition_error(error) if isinstance(error, HydraException) else str(error)
+            sys.stderr.write(f"error: {message}\n")
             sys.exit(2)
         finally:
             self.end()

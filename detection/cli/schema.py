@@ -135,6 +135,17 @@ class InspectDataConfig:
     progress: bool = True
 
 
+@dataclass
+class CompareSweepsConfig:
+    """`python -m detection.cli.compare_sweeps first=<run id> second=<run id>`: two seed sweeps' parent runs
+    compared seed by seed (docs/tracking.md)."""
+
+    first: str = MISSING     # a seed sweep's parent run id (its MLflow run page shows it)
+    second: str = MISSING    # the other's: the line says first - second
+    metric: str = "val/map"  # a metric every child logs
+    tracking: Any = MISSING
+
+
 def register() -> None:
     """The schemas as Hydra's `<entry point>_schema` configs, and the loop's settings as the `trainer` group's
     only option, `default`: the defaults are written once, in these dataclasses."""
@@ -146,3 +157,4 @@ def register() -> None:
     store.store(name="export_schema", node=ExportConfig)
     store.store(name="anchor_tools_schema", node=AnchorToolsConfig)
     store.store(name="inspect_data_schema", node=InspectDataConfig)
+    store.store(name="compare_sweeps_schema", node=CompareSweepsConfig)

@@ -10,13 +10,13 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf
 
-from detection.cli.schema import CONFIG_DIR, DEFAULT_STORE
+from detection.cli.schema import DEFAULT_STORE
 from detection.reporting.results import sweep_table
-from detection.tracking.stores import store_folder
 from detection.tracking.sweeps import (end_parent_run, experiment_label, start_parent_run, summarise_sweep, sweep_parent,
                                        write_sweep_parent)
 
@@ -57,7 +57,8 @@ class MlflowSweepCallback(Callback):
         if tracking.get("_target_") != "detection.tracking.MlflowTracker":
             return
         overrides = list(config.hydra.overrides.task)
-        swept = {key: value for key, value in (o.split("=", 1) for o in overrides if "=" in o) if "," in value}
+        swept = {o.get_key_element(): o.input_line.split("=", 1)[1]
+                 for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()}
         space = {**swept, **(config.hydra.sweeper.get("params") or {})}  # and an Optuna search space
         swept_keys = list(space)
         choices = {**config.hydra.runtime.choices, **{f"sweep_{key}": value.replace(",", "+")
@@ -69,7 +70,9 @@ class MlflowSweepCallback(Callback):
             self._uri, experiment_name=experiment_name,
             run_name=tracking.get("run_name") or " ".join(["sweep", *swept_overrides]),
             tags={"sweep": "parent", "overrides": " ".join(overrides), "swept": " ".join(swept_keys),
-                  "sweeper": config.hydra.sweeper.get("_target_", "")},
+                  "sweeper": config.hydra.sweeper.get("_target_", ""),
+                  "best_metric": config.hydra.sweeper.get("metric", "val/map"),
+                  "direction": config.hydra.sweeper.get("direction", "maximize")},
             params={f"sweep.{key}": str(values) for key, values in space.items()})
         write_sweep_parent(Path(config.hydra.sweep.dir), self._parent, experiment_name, swept_keys)
         atexit.register(self._end, "FAILED")  # the sweep raised before on_multirun_end
@@ -148,58 +151,3 @@ def best_and_last(results_csv: Path) -> dict[str, float]:
         return {}
     best = max(scored, key=lambda row: float(row["val/map"])) if scored else rows[-1]
     return {"best": float(best["val/map"]), "best_epoch": int(best["epoch"]), "last": float(rows[-1]["val/map"])}
-
-
-class OptunaStudyCallback(Callback):
-    """Stores an Optuna search's study (`hparams_search=...`, `hydra.sweeper.storage: null`) in SQLite beside
-    the MLflow store, `optuna.db`, so that the same command continues the search (its `n_trials` more) and
-    `optuna.load_study(study_name=..., storage=...)` reads every trial. A storage given in the config is
-    used as it is."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweeper = config.hydra.sweeper
-        if not str(sweeper.get("_target_", "")).endswith("OptunaSweeper"):
-            return
-        if sweeper.get("storage") is None:
-            with read_write(sweeper):
-                folder = store_folder(config.tracking.get("uri") or DEFAULT_STORE) or CONFIG_DIR.parent
-                sweeper.storage = f"sqlite:///{folder / 'optuna.db'}"
-        if str(sweeper.storage).startswith("sqlite:///"):
-            stamp_optuna_storage(sweeper.storage)
-        done = trials_so_far(sweeper.storage, sweeper.study_name)
-        if done and sweeper.get("sampler", {}).get("seed") is not None:
-            with read_write(sweeper):  # a seeded sampler would draw the first search's points again
-                sweeper.sampler.seed = int(sweeper.sampler.seed) + done
-        log.info("Optuna study %r in %s: %d trials so far; the same command continues it", sweeper.study_name,
-                 sweeper.storage, done)
-
-
-def trials_so_far(storage: str, study_name: str) -> int:
-    """How many trials (of any state) the study at `storage` has; 0 when there is no such study yet."""
-    import optuna
-
-    try:
-        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
-    except KeyError:  # no such study yet
-        return 0
-
-
-def stamp_optuna_storage(url: str) -> None:
-    """Creates Optuna's tables at `url` and records their schema version, committed. The Optuna that
-    hydra-optuna-sweeper pins (2.10) records it on a connection SQLAlchemy 2 rolls back, and then refuses
-    its own new storage ("assert version is not None"); a storage already stamped is left alone."""
-    import alembic.migration
-    import alembic.script
-    import sqlalchemy
-    from optuna.storages import _rdb
-
-    engine = sqlalchemy.create_engine(url)
-    try:
-        _rdb.models.BaseModel.metadata.create_all(engine)
-        with engine.begin() as connection:
-            context = alembic.migration.MigrationContext.configure(connection)
-            if context.get_current_revision() is None:
-                scripts = alembic.script.ScriptDirectory(str(Path(_rdb.__file__).parent / "alembic"))
-                context.stamp(scripts, scripts.get_current_head())
-    finally:
-        engine.dispose()

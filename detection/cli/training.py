@@ -21,6 +21,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     from detection.cli import assembly, resume, runs
     from detection.cli.entry import uptime
     from detection.cli.input_size import apply_image_size
+    from detection.cli.optuna_trial import trial_report
     from detection.cli.job import group_choices, run_dir, start_job
     from detection.cli.sweep import label_of
     from detection.data.samples import split_fingerprint
@@ -57,6 +58,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             state.restore(checkpoint)
             log.info("resumed at epoch %d after %d batches, step %d", state.epoch + 1, state.batches_done, state.step)
         run_hooks, checkpoints = assembly.training_hooks(cfg, settings, job, tracker, run_dir, val_loader)
+        run_hooks += trial_report(tracker, is_main=job.is_main)  # an Optuna trial's, with a pruner
         log.info("run directory %s; training %s on %s (rank %d of %d); ready %.1f s after the job began", run_dir,
                  label_of(cfg, group_choices()), job.device, job.context.rank, job.context.world_size,
                  uptime())

@@ -84,7 +84,8 @@ def fit(state: TrainingState, loader: TrainingLoader, settings: TrainerSettings,
     """Trains from where `state` stands (restored from a checkpoint, or new) to `settings.max_epochs`,
     calling the hooks, then `checkpoints`, around each step and after each epoch. A resumed run continues
     exactly as the uninterrupted one would have. SIGINT, SIGTERM or SIGUSR2 finish the current step,
-    checkpoint and raise TrainingInterrupted; too many non-finite losses in a row raise NonFiniteLossError, and
+    checkpoint and raise TrainingInterrupted; a hook's `state.stop_early` ends it after the epoch's hooks, the
+    checkpoint written; too many non-finite losses in a row raise NonFiniteLossError, and
     an epoch that makes no step at all EmptyEpoch.
 
     Returns:
@@ -115,4 +116,8 @@ def fit(state: TrainingState, loader: TrainingLoader, settings: TrainerSettings,
             state.epoch, state.batches_done = epoch + 1, 0
             for hook in hooks:
                 hook.after_epoch(state)
+            if state.stopped_early:
+                log.info("training stopped after epoch %d of %d: %s", epoch + 1, settings.max_epochs,
+                         state.stopped_early)
+                break
     return state.metrics

@@ -28,8 +28,13 @@ class TrainingState:
         self.best_map, self.metrics = -math.inf, {}
         self.history: list[dict[str, float]] = []
         self.improved = False  # the last validation's val/map is the best so far
+        self.stopped_early: Optional[str] = None  # why a hook ended training before max_epochs (stop_early)
         self.nonfinite_in_row = 0
         self.data_wait_s = 0.0  # seconds the loop has waited for batches in this process (a measure, not saved)
+
+    def stop_early(self, reason: str) -> None:
+        """Ends training after this epoch's hooks (its checkpoint is written): a hook's call, `reason` logged."""
+        self.stopped_early = reason
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly as this one would have."""

@@ -241,6 +241,10 @@ class MlflowTracker:
         self._put({"kind": "params", "params": {self._keys([key])[key]: _param_value(value)
                                                 for key, value in params.items()}})
 
+    def set_tag(self, key, value):
+        """A tag set after the start (a pruned trial's `pruned`)."""
+        self._put({"kind": "tag", "key": key, "value": str(value)[:MAX_TAG_LENGTH]})
+
     def log_artifact(self, path, artifact_path=None):
         """A file, or a folder as a folder of that name, under `artifact_path` of the run's artifacts."""
         path = Path(path).resolve()

@@ -1,5 +1,5 @@
 """Experiment tracking against a real `mlflow server` (loopback, temporary SQLite store and artifact folder):
-what a run logs, sweeps as parent and child runs, an Optuna search, and a server that is not there."""
+what a run logs, sweeps as parent and child runs, and a server that is not there."""
 
 import json
 import os
@@ -8,7 +8,6 @@ import sys
 import time
 
 import numpy as np
-import optuna
 import pytest
 from mlflow import MlflowClient
 
@@ -144,49 +143,6 @@ def test_a_multirun_is_a_parent_run_with_a_child_per_job_and_a_failed_job_does_n
     assert table[2].split()[:2] == ["0", "FAILED"] and table[2].endswith("optimizer.lr=-1")
     assert table[3].split()[:2] == ["1", "COMPLETED"] and table[3].endswith("optimizer.lr=0.002")
     assert table[4].startswith("best: job 1 (optimizer.lr=0.002), val/map")
-
-
-@pytest.mark.slow
-def test_an_optuna_search_maximises_val_map_with_trials_as_child_runs(tmp_path, shapes_root, mlflow_server):
-    uri, _ = mlflow_server
-    study = f"sqlite:///{tmp_path / 'study.db'}"  # a storage given is used as it is
-    result = run_script("train.py", "hparams_search=ssd_lr", "hydra.sweeper.n_trials=2", "optimizer=adamw", *SMOKE,
-                        f"dataset.root={shapes_root}", f"tracking.uri={uri}", "tracking.log_model=false",
-                        f"hydra.sweeper.storage={study}", cwd=tmp_path, env=QUICK_RETRIES)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Best value:" in result.stdout + result.stderr
-    assert len(optuna.load_study(study_name="ssd_lr_ssd128_resnet18_shapes", storage=study).trials) == 2
-    client = MlflowClient(uri)
-    runs = all_runs(client)
-    [parent] = [run for run in runs if run.data.tags.get("sweep") == "parent"]
-    trials = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(trials) == 2 and all(run.info.status == "FINISHED" for run in trials + [parent])
-    assert parent.data.tags["swept"] == "optimizer.lr optimizer.weight_decay"
-    assert len({run.data.params["optimizer.lr"] for run in trials}) == 2
-    assert "optimization_results.yaml" in artifact_paths(client, parent.info.run_id)
-    best = max(trials, key=lambda run: run.data.metrics["val/map"])
-    assert parent.data.metrics["best/val/map"] == best.data.metrics["val/map"]
-    assert parent.data.tags["best.optimizer.lr"] == best.data.params["optimizer.lr"]
-    assert parent.data.params["sweep.optimizer.lr"] == "tag(log, interval(1e-4, 1e-2))"
-
-
-@pytest.mark.slow
-def test_an_optuna_search_is_stored_beside_a_sqlite_store_and_the_same_command_continues_it(tmp_path, shapes_root):
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    command = ["train.py", "hparams_search=ssd_lr", "hydra.sweeper.n_trials=1", "optimizer=adamw", *SMOKE,
-               f"dataset.root={shapes_root}", f"tracking.uri={uri}", "tracking.log_model=false",
-               "tracking.system_metrics=false"]
-    for search in ("first", "second"):  # each in a folder of its own, as Hydra's timestamped default gives
-        (tmp_path / search).mkdir()
-        result = run_script(*command, cwd=tmp_path / search)
-        assert result.returncode == 0, result.stdout + result.stderr
-    storage = f"sqlite:///{tmp_path / 'store' / 'optuna.db'}"
-    trials = optuna.load_study(study_name="ssd_lr_ssd128_resnet18_shapes", storage=storage).trials
-    assert [trial.number for trial in trials] == [0, 1]  # the second search went on from the first's
-    assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
-    assert trials[0].params != trials[1].params  # the seeded sampler moved on: not the first's point again
-    runs = all_runs(MlflowClient(uri))
-    assert len(runs) == 2 * 2, [run.info.run_name for run in runs]  # each search: a parent and its trial
 
 
 @pytest.mark.faults
