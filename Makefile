@@ -26,11 +26,13 @@ install: $(INSTALLED)
 train: $(INSTALLED)
 	$(PY) train.py experiment=ssd_shapes
 
+# two worker processes (pytest-xdist): most of a test's time is a subprocess importing torch and Hydra or
+# waiting on a server, one core each; `pytest tests/...` alone still runs in one process
 test: $(INSTALLED)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 test-fast: $(INSTALLED)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n 2 -m "not slow"
 
 # BCCD at BCCD_ROOT: copied from BCCD_SOURCE=<a BCCD/ folder>, else cloned from its public repository
 data:

@@ -8,11 +8,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from PIL import Image
+# under pytest-xdist (make test: -n 2), each worker and the processes its tests start take their share of
+# the cores, not all of them each; set before torch is imported
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
-from detection.cli.schema import register
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from detection.cli.schema import register  # noqa: E402
 
 register()  # the configs' typed schemas, as the entry points register them
 

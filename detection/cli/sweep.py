@@ -126,6 +126,9 @@ class SweepSummaryCallback(Callback):
         folder = Path(config.hydra.runtime.output_dir)
         row = {"job": config.hydra.job.num, "overrides": list(job_return.overrides or ()),
                "status": job_return.status.name, "folder": str(folder), **best_and_last(folder / "results.csv")}
+        if row["status"] == "COMPLETED" and OmegaConf.select(config, "hydra.sweeper.trial") is not None \
+                and row.get("epochs", 0) < OmegaConf.select(config, "trainer.max_epochs", default=0):
+            row["status"] = "PRUNED"  # an Optuna trial stopped early: its pruner's only way to end a job
         with open(Path(config.hydra.sweep.dir) / SWEEP_JOBS, "a") as file:
             file.write(json.dumps(row) + "\n")
 
@@ -141,7 +144,8 @@ class SweepSummaryCallback(Callback):
 
 
 def best_and_last(results_csv: Path) -> dict[str, float]:
-    """The best val/map (NaN aside) with its epoch, and the last, from a run's results.csv ({} without one)."""
+    """The best val/map (NaN aside) with its epoch, the last, and the epochs done, from a run's results.csv
+    ({} without one)."""
     if not results_csv.is_file():
         return {}
     with open(results_csv) as file:
@@ -150,4 +154,5 @@ def best_and_last(results_csv: Path) -> dict[str, float]:
     if not rows:
         return {}
     best = max(scored, key=lambda row: float(row["val/map"])) if scored else rows[-1]
-    return {"best": float(best["val/map"]), "best_epoch": int(best["epoch"]), "last": float(rows[-1]["val/map"])}
+    return {"best": float(best["val/map"]), "best_epoch": int(best["epoch"]), "last": float(rows[-1]["val/map"]),
+            "epochs": int(rows[-1]["epoch"])}

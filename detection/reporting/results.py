@@ -119,7 +119,7 @@ def sweep_table(jobs: Sequence[dict]) -> list[str]:
     """A sweep's jobs as table lines (job, status, best val/map and its epoch, last, the overrides that
     differ between jobs; in job order) and a last line naming the best job and its best.pt. `jobs`: dicts
     with 'job', 'status', 'overrides' (a list), 'folder' and, for a job that validated, 'best', 'best_epoch'
-    and 'last'."""
+    and 'last'. The best is the best job that was not pruned."""
     jobs = sorted(jobs, key=lambda job: job["job"])
     shared = set.intersection(*(set(job["overrides"]) for job in jobs)) if len(jobs) > 1 else set()
     swept = {job["job"]: " ".join(o for o in job["overrides"] if o not in shared) for job in jobs}
@@ -129,7 +129,7 @@ def sweep_table(jobs: Sequence[dict]) -> list[str]:
         best, last = (f"{job[key]:.4f}" if key in job else "-" for key in ("best", "last"))
         lines.append(f"{job['job']:>4} {job['status']:<9} {best:>12} {job.get('best_epoch', '-'):>5} {last:>7}  "
                      f"{swept[job['job']]}")
-    scored = [job for job in jobs if not math.isnan(job.get("best", math.nan))]
+    scored = [job for job in jobs if not math.isnan(job.get("best", math.nan)) and job["status"] != "PRUNED"]
     if scored:
         top = max(scored, key=lambda job: job["best"])
         lines.append(f"best: job {top['job']} ({swept[top['job']]}), val/map {top['best']:.4f} at epoch "

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
+from hydra.core.override_parser.types import Glob, IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -32,13 +32,16 @@ SEARCH_SPACE = "search_space"  # the study's user attribute: {key: distribution 
 
 def distribution(override: Override):
     """The Optuna distribution of a sweep override: choice(...) or a,b,c -> categorical; range(a, b[, step]) ->
-    int (or float) with that step, b excluded as Hydra's range excludes it; interval(a, b) -> float (int when
-    both ends are), tag(log, ...) on a log scale. None for a plain value."""
+    int (or float) with that step, b excluded as Hydra's range excludes it; interval(a, b) -> float (Hydra
+    reads its ends as floats), tag(log, ...) on a log scale. None for a plain value."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if not override.is_sweep_override():
         return None
     value, log_scale = override.value(), "log" in getattr(override.value(), "tags", ())
+    if isinstance(value, Glob):
+        raise SettingsError(f"{override.input_line}: an Optuna search takes choice(...), a,b,c, range(...) or "
+                            f"interval(...), not glob(...)")
     if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
         return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
     if isinstance(value, RangeSweep):
@@ -46,11 +49,8 @@ def distribution(override: Override):
         if all(isinstance(v, int) for v in values):
             return IntDistribution(values[0], values[-1], step=int(value.step))
         return FloatDistribution(values[0], values[-1], step=float(value.step))
-    if isinstance(value, IntervalSweep):
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_scale)
-        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
-    raise SettingsError(f"{override.input_line}: an Optuna search takes choice(...), range(...) or interval(...)")
+    assert isinstance(value, IntervalSweep)  # the last kind of sweep Hydra parses
+    return FloatDistribution(float(value.start), float(value.end), log=log_scale)
 
 
 def search_space(params: Optional[DictConfig], arguments: list[str]) -> tuple[dict[str, Any], list[str]]:

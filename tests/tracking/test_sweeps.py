@@ -59,7 +59,8 @@ def test_a_search_prunes_the_planted_hopeless_trial_after_its_first_validation(t
     assert pruned.info.status == "FINISHED" and pruned.data.tags["pruned"] == "1"
     assert parent.data.tags["best_run_id"] != pruned.info.run_id
     assert parent.data.tags["best_metric"] == "val/map" and parent.data.tags["direction"] == "maximize"
-    assert "trial 2 PRUNED" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "trial 2 PRUNED" in output and "   2 PRUNED " in output  # the log and the terminal's table
 
 
 @pytest.mark.slow
