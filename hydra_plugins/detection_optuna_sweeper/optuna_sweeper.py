@@ -8,6 +8,7 @@ its validation metric after each epoch to its trial (detection.cli.optuna_trial)
 may stop it: the trial is then PRUNED, not COMPLETE."""
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -134,6 +135,9 @@ class OptunaSweeper(Sweeper):
         stored = study.user_attrs.get(SEARCH_SPACE)
         if stored is None:
             study.set_user_attr(SEARCH_SPACE, as_json)
+            with warnings.catch_warnings():  # experimental since Optuna 3.2: the dashboard's axis name
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([self.metric])
         elif stored != as_json:
             raise SettingsError(f"hydra.sweeper.params: the Optuna study {self.study_name!r} in {self.storage} "
                                 f"began with another search space ({'; '.join(space_differences(stored, as_json))}); "
