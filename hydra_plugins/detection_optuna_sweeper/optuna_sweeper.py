@@ -8,6 +8,7 @@ its validation metric after each epoch to its trial (detection.cli.optuna_trial)
 may stop it: the trial is then PRUNED, not COMPLETE."""
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -101,8 +102,6 @@ class OptunaSweeper(Sweeper):
             self.storage = f"sqlite:///{Path(folder).resolve() / 'optuna.db'}"
 
     def sweep(self, arguments: list[str]) -> None:
-        import optuna
-
         space, fixed = search_space(self.params, arguments)
         study = self.open_study(space)
         failures, to_go = 0, self.n_trials
@@ -112,7 +111,8 @@ class OptunaSweeper(Sweeper):
                                            initial_job_idx=self.job_idx)
             self.job_idx, to_go = self.job_idx + len(returns), to_go - len(returns)
             for trial, job in zip(trials, returns):
-                failures += self.tell(study, trial, job) == optuna.trial.TrialState.FAIL
+                self.tell(study, trial, job)
+                failures += job.status.name == "FAILED"  # a non-finite value fails its trial, not the sweep
             if failures > self.max_failure_rate * (self.n_trials - to_go):
                 failed = next(job for job in returns if job.status.name == "FAILED")
                 failed.return_value  # raises the failed job's error: the sweep ends with it
@@ -153,9 +153,9 @@ class OptunaSweeper(Sweeper):
                 f"hydra.sweeper.trial={trial.number}", f"hydra.sweeper.storage='{self.storage}'",
                 f"hydra.sweeper.study_name='{self.study_name}'"]
 
-    def tell(self, study, trial, job):
-        """Tells the study how a trial's job ended (PRUNED when its job was pruned, FAIL when it failed or
-        returned a non-finite value, else COMPLETE with its value); returns that state."""
+    def tell(self, study, trial, job) -> None:
+        """Tells the study how a trial's job ended: PRUNED when its job was pruned, FAIL when it failed or
+        returned a non-finite value, else COMPLETE with its value."""
         import optuna
 
         states = optuna.trial.TrialState
@@ -165,12 +165,12 @@ class OptunaSweeper(Sweeper):
         elif pruned_at is not None:
             state, value = states.PRUNED, None
         else:
-            state, value = states.COMPLETE, float(job.return_value)
+            value = float(job.return_value)
+            state, value = (states.COMPLETE, value) if math.isfinite(value) else (states.FAIL, None)
         told = study.tell(trial, value, state=state, skip_if_finished=True)
         log.info("trial %d %s: %s %s%s", trial.number, told.state.name, self.metric,
                  "-" if told.value is None else f"{told.value:.4f}",
                  f" (pruned after epoch {pruned_at})" if pruned_at is not None else "")
-        return told.state
 
     def save_results(self, study) -> None:
         """`optimization_results.yaml` in the sweep folder: the study's best complete trial, with its number."""

@@ -27,3 +27,21 @@ def test_a_glob_is_refused_and_a_changed_space_is_named_key_by_key():
     lines = space_differences(before, now)
     assert len(lines) == 2 and lines[0].startswith("optimizer.lr: FloatDistribution(") and "low=1e-05" in lines[0]
     assert lines[1].startswith("seed: absent before")
+
+
+def test_a_job_that_returns_nan_fails_its_trial_and_the_best_stays_finite():
+    import math
+
+    import optuna
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.detection_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    sweeper = OptunaSweeper(direction="maximize", metric="val/map", study_name="s", storage=None, n_trials=2,
+                            n_jobs=1, max_failure_rate=0.0, sampler=OmegaConf.create({}), params=None)
+    study = optuna.create_study(direction="maximize")
+    for value in (math.nan, 0.25):
+        sweeper.tell(study, study.ask(), JobReturn(status=JobStatus.COMPLETED, _return_value=value))
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert study.best_value == 0.25
