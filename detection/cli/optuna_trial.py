@@ -6,6 +6,7 @@ import logging
 import math
 from hydra.core.hydra_config import HydraConfig
 
+from detection.cli.sweep import PRUNED_AT
 from detection.engine.distributed import gather_to_all
 from detection.engine.hooks import Hook
 from detection.engine.state import TrainingState
@@ -13,7 +14,6 @@ from detection.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-PRUNED_AT = "pruned_at_epoch"  # the trial's user attribute a pruned job leaves for the sweeper
 SWEEPER = "hydra_plugins.detection_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 
 

@@ -22,6 +22,8 @@ from detection.tracking.sweeps import (end_parent_run, experiment_label, start_p
 
 log = logging.getLogger(__name__)
 
+PRUNED_AT = "pruned_at_epoch"  # an Optuna trial's user attribute: the epoch its job was pruned after
+
 
 def model_label(cfg: DictConfig, choices: dict[str, Any]) -> str:
     """The model's first word in a label: the model group's choice, with the input size where the model has

@@ -1,6 +1,7 @@
 """The project's Optuna sweeper (conf/hydra/sweeper/optuna.yaml): an Optuna study asked for trials, each a
 job of the configured Hydra launcher (a batch of `n_jobs` at a time), told each job's result. Hydra finds
-sweepers only in the `hydra_plugins` namespace, hence this package.
+sweepers only in the `hydra_plugins` namespace, hence this package; it imports every plugin module at start,
+so this one imports neither torch nor Optuna until it sweeps.
 
 The study lives in `storage` (null: SQLite `optuna.db` beside the MLflow store), so that the same command
 continues it; its search space is stored with it, and a search whose space differs is refused. A job reports
@@ -21,8 +22,8 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from detection.cli.optuna_trial import PRUNED_AT
 from detection.cli.schema import CONFIG_DIR, DEFAULT_STORE
+from detection.cli.sweep import PRUNED_AT
 from detection.engine.settings import SettingsError
 from detection.tracking.stores import store_folder
 
