@@ -45,3 +45,20 @@ def test_a_job_that_returns_nan_fails_its_trial_and_the_best_stays_finite():
         sweeper.tell(study, study.ask(), JobReturn(status=JobStatus.COMPLETED, _return_value=value))
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert study.best_value == 0.25
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband"])
+def test_each_pruner_option_composes_into_an_optuna_pruner_and_the_default_has_none(pruner):
+    import optuna
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        chosen = compose("train", overrides=["hparams_search=ssd_lr", f"hydra/sweeper/pruner={pruner}"],
+                         return_hydra_config=True)
+        default = compose("train", overrides=["hparams_search=ssd_lr"], return_hydra_config=True)
+    assert isinstance(instantiate(chosen.hydra.sweeper.pruner), optuna.pruners.BasePruner)
+    assert "pruner" not in default.hydra.sweeper
+    assert default.hydra.sweeper.study_name == "ssd_lr_ssd512_resnet50_shapes"  # one study per experiment
