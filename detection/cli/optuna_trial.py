@@ -4,6 +4,7 @@ whether to go on. The sweeper names the trial in the job's `hydra.sweeper.trial`
 
 import logging
 import math
+
 from hydra.core.hydra_config import HydraConfig
 
 from detection.cli.sweep import PRUNED_AT
@@ -60,4 +61,4 @@ def open_trial(storage: str, study_name: str, number: int, pruner):
 
     study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
     frozen = study.get_trials(deepcopy=False)[number]
-    return optuna.trial.Trial(study, frozen._trial_id)
+    return optuna.trial.Trial(study, frozen._trial_id)  # Optuna's way to a running trial from its storage id

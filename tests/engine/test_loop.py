@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from conftest import REPO, SMALL_SHAPES
 from detection.data.loader import build_loader
 from detection.engine.checkpoint import load_checkpoint, save_checkpoint
-from detection.engine.hooks import Checkpoints, MetricLogger, Validation
+from detection.engine.hooks import Checkpoints, Hook, MetricLogger, Validation
 from detection.engine.loop import TrainingInterrupted, fit
 from detection.engine.precision import FP32, Precision
 from detection.engine.settings import TrainerSettings
@@ -206,3 +206,27 @@ def test_a_printed_resume_command_pastes_safely_whatever_the_folder_is_called(tm
                             cwd=tmp_path,
                             capture_output=True, text=True)
     assert echoed.stdout == f"ckpt_path={checkpoint}" and not (tmp_path / "pwned").exists()
+
+
+class StopAfter(Hook):
+    """Asks the loop to stop after epoch `epoch`, as a pruned trial's hook does."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def after_epoch(self, state):
+        if state.epoch == self.epoch:
+            state.stop_early("planted")
+
+
+def test_a_hook_ends_training_after_its_epoch_with_the_checkpoint_written(compose_train, tmp_path, caplog):
+    args = setup(compose_train, tmp_path, nan_steps=[])
+    optimizer = torch.optim.SGD(args["model"].parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    state = TrainingState(TrainStep(args["model"], optimizer, scheduler, device=torch.device("cpu"), precision=FP32))
+    with caplog.at_level(logging.INFO):
+        fit(state, args["loader"], TrainerSettings(max_epochs=3, progress=False), hooks=[StopAfter(1)],
+            checkpoints=Checkpoints(tmp_path))
+    assert state.epoch == 1 and state.stopped_early == "planted"
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1  # the epoch it stopped after, saved
+    assert "training stopped after epoch 1 of 3: planted" in caplog.text
