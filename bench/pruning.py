@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=400, help="training images (a quarter as many validate)")
     parser.add_argument("--folder", type=Path, default=Path("/tmp/pruning"))
     args = parser.parse_args()
-    print(f"device: {device_name(torch.device('cpu'))}; {args.trials} trials of up to {args.epochs} epochs on {args.images} shapes images")
+    print(f"device: {device_name(torch.device('cpu'))}; {args.trials} trials of up to {args.epochs} epochs on "
+          f"{args.images} shapes images")
     runs = {"no pruner": search(args.folder / "none", args, []),
             "median pruner": search(args.folder / "median", args, ["hydra/sweeper/pruner=median"])}
     for name, run in runs.items():

@@ -12,7 +12,7 @@ from typing import Mapping, Optional
 
 from detection.reporting.repeats import comparison_line, paired_comparison, repeat_statistics
 from detection.tracking.mlflow_tracker import _param_value
-from detection.tracking.stores import experiment_id, opened_store
+from detection.tracking.stores import experiment_id, opened_store, ui_hint
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def compare_sweeps(uri: str, first: str, second: str, metric: str = "val/map") -
     line = comparison_line(*labels, comparison)
     with opened_store(uri):
         run = client.create_run(parents[0].info.experiment_id, run_name=f"compare {labels[0]} - {labels[1]}",
-                                tags={"comparison": line})
+                                tags={"comparison": line, "mlflow.note.content": line})  # note: the run's description
     client.log_batch(run.info.run_id, params=[Param(key, value) for key, value in
                                               {"first": first, "second": second, "metric": metric}.items()])
     now = int(time.time() * 1000)
@@ -169,6 +169,8 @@ def compare_sweeps(uri: str, first: str, second: str, metric: str = "val/map") -
         *(Metric(f"compare/{metric}/difference", difference, now, seed)
           for seed, difference in zip(comparison["seeds"], comparison["differences"]))])
     client.set_terminated(run.info.run_id)
+    log.info("logged as MLflow run %s: %s", run.info.run_id,
+             ui_hint(uri, parents[0].info.experiment_id, run.info.run_id))
     return line, comparison
 
 

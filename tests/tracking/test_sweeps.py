@@ -135,10 +135,12 @@ def test_the_paired_comparison_equals_scipys_on_the_same_values(tmp_path):
     difference = a - b
     low, high = stats.t.interval(0.95, 4, loc=difference.mean(), scale=stats.sem(difference))
     p_value = stats.ttest_rel(a, b).pvalue
-    line = f"anchors=fitted - defaults: {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}], p = {p_value:.3g} over 5 seeds"
+    line = (f"anchors=fitted - defaults: {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}], "
+            f"p = {p_value:.3g} over 5 seeds")
     assert line in result.stderr + result.stdout
     [run] = [run for run in client.search_runs([experiment]) if "comparison" in run.data.tags]
-    assert run.data.tags["comparison"] == line and run.info.status == "FINISHED"
+    assert run.data.tags["comparison"] == run.data.tags["mlflow.note.content"] == line  # the run's description
+    assert run.info.status == "FINISHED"
     assert run.data.metrics["compare/val/map/p_value"] == pytest.approx(p_value)
     assert (run.data.metrics["compare/val/map/ci_low"], run.data.metrics["compare/val/map/ci_high"]) == \
         pytest.approx((low, high))
