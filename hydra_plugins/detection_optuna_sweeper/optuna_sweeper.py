@@ -63,7 +63,8 @@ def search_space(params: Optional[DictConfig], arguments: list[str]) -> tuple[di
     space, fixed = {}, {}
     for override in OverridesParser.create().parse_overrides(lines):
         key, found = override.get_key_element(), distribution(override)
-        space.pop(key, None), fixed.pop(key, None)
+        space.pop(key, None)  # a later override of the key replaces an earlier one, swept or not
+        fixed.pop(key, None)
         if found is None:
             fixed[key] = override.input_line
         else:
