@@ -11,6 +11,8 @@ CONFIDENCE = 0.95
 def repeat_statistics(values: Sequence[float]) -> dict[str, float]:
     """n, mean, std (sample, ddof=1), min, max and the 95% t interval of the mean (ci_low, ci_high) of the
     finite `values`; std and the interval are nan with fewer than two."""
+    import statistics
+
     from scipy import stats
 
     finite = [float(value) for value in values if math.isfinite(value)]
@@ -18,11 +20,11 @@ def repeat_statistics(values: Sequence[float]) -> dict[str, float]:
     if not n:
         return {"n": 0, "mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan,
                 "ci_low": math.nan, "ci_high": math.nan}
-    mean = sum(finite) / n
-    std = math.sqrt(sum((value - mean) ** 2 for value in finite) / (n - 1)) if n > 1 else math.nan
-    half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    mean = statistics.fmean(finite)
+    std = statistics.stdev(finite) if n > 1 else math.nan
+    low, high = stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=stats.sem(finite)) if n > 1 else (math.nan,) * 2
     return {"n": n, "mean": mean, "std": std, "min": min(finite), "max": max(finite),
-            "ci_low": mean - half, "ci_high": mean + half}
+            "ci_low": float(low), "ci_high": float(high)}
 
 
 def paired_comparison(first: dict[int, float], second: dict[int, float]) -> dict[str, float]:
