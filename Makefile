@@ -19,6 +19,9 @@ $(INSTALLED): pyproject.toml Makefile
 	# TIDE's reference implementation, which tests/test_errors.py compares with: without its declared
 	# dependencies, which would put opencv-python's GUI build over our headless OpenCV (what it imports is here)
 	$(PY) -m pip install --quiet --no-deps tidecv==1.0.1 seaborn==0.13.2 appdirs==1.4.4
+	# the corruption benchmark's functions (evaluate.py robustness=true), the authors' code in its maintained
+	# fork, likewise without the GUI OpenCV it declares (its other imports are pinned in pyproject.toml)
+	$(PY) -m pip install --quiet --no-deps imagecorruptions-imaug==1.1.5
 	touch $@
 
 install: $(INSTALLED)

@@ -164,6 +164,25 @@ def check_evaluate(cfg: DictConfig) -> None:
     check_at_least("worst_images", cfg.worst_images, 0)
     if not 0 <= cfg.confusion_score_threshold <= 1:
         raise SettingsError(f"confusion_score_threshold must be within 0..1, got {cfg.confusion_score_threshold}")
+    check_corruptions(cfg)
+
+
+def check_corruptions(cfg: DictConfig) -> None:
+    """Refuses corruption names and severities the benchmark does not have, a seed out of range, and
+    `robustness=true` where the corruption package is not installed, naming the key."""
+    import importlib.util
+
+    from detection.data.corruptions import CORRUPTIONS, INSTALL, SEVERITIES, unknown_corruptions
+
+    unknown = unknown_corruptions(cfg.corruptions or [])
+    if unknown:
+        raise SettingsError(f"corruptions={list(cfg.corruptions)}: no corruption {unknown}; choose from "
+                            f"{list(CORRUPTIONS)}, or leave it null for all of them")
+    if not cfg.severities or set(cfg.severities) - set(SEVERITIES):
+        raise SettingsError(f"severities={list(cfg.severities)}: must be some of {list(SEVERITIES)}")
+    check_seed(cfg.corruption_seed, "corruption_seed")
+    if cfg.robustness and importlib.util.find_spec("imagecorruptions") is None:
+        raise SettingsError(f"robustness=true needs the imagecorruptions package: {INSTALL}")
 
 
 def check_predict(cfg: DictConfig) -> None:

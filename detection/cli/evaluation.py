@@ -4,6 +4,7 @@ detections written, printed and recorded in the training run that wrote it (or a
 import json
 import logging
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig
 
@@ -40,6 +41,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from detection.cli.assembly import model_from_checkpoint
+    from detection.cli.robustness import run_robustness, scores_of
     from detection.data.loader import build_loader
     from detection.engine.device import resolve_device
     from detection.engine.distributed import init_distributed, shutdown_distributed
@@ -61,23 +63,29 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     try:
         with StageTimes(model, device) as times:
             results = evaluate(model.to(device), loader, evaluator, device=device, progress=context.is_main)
+        speed = times.per_image()
+        metrics = {**validation_metrics(results), **{f"val/speed/{key}": ms for key, ms in speed.items()}}
+        robustness = (run_robustness(cfg, model=model, val_set=val_set, class_names=list(dataset.classes),
+                                     device=device, context=context, clean=scores_of(metrics, evaluator.error_breakdown()))
+                      if cfg.robustness else None)
     finally:
         shutdown_distributed()
-    speed = times.per_image()
-    metrics = {**validation_metrics(results), **{f"val/speed/{key}": ms for key, ms in speed.items()}}
     if context.is_main:
         write_results(cfg, model=model, trained=trained, checkpoint=checkpoint, dataset=dataset, val_set=val_set,
-                      evaluator=evaluator, metrics=metrics, speed=speed, device=device)
+                      evaluator=evaluator, metrics=metrics, speed=speed, device=device, robustness=robustness)
     return metrics
 
 
 def write_results(cfg: DictConfig, *, model, trained: DictConfig, checkpoint: dict, dataset: DictConfig, val_set,
-                  evaluator, metrics: dict[str, float], speed: dict[str, float], device) -> None:
+                  evaluator, metrics: dict[str, float], speed: dict[str, float], device,
+                  robustness: Optional[dict]) -> None:
     """What an evaluation leaves in its run folder (metrics.json, detections.json, errors/, thresholds,
-    per_image.json and the worst images, precision_recall.png, report.md), printed and recorded."""
+    per_image.json and the worst images, precision_recall.png, robustness.json and .png, report.md), printed
+    and recorded."""
     from datetime import datetime, timezone
 
     from detection.cli.job import run_dir
+    from detection.cli.robustness import save_robustness
     from detection.engine.precision import EVALUATION
     from detection.evaluation import class_aps
     from detection.profiling.complexity import measure_complexity
@@ -103,15 +111,17 @@ def write_results(cfg: DictConfig, *, model, trained: DictConfig, checkpoint: di
     thresholds = evaluator.class_thresholds()
     save_class_thresholds(cfg, checkpoint, thresholds)
     save_per_image(evaluator, val_set, classes, cfg.worst_images)
+    if robustness is not None:
+        save_robustness(robustness, folder, title=Path(cfg.ckpt_path).name)
     facts = {"checkpoint": f"{cfg.ckpt_path} (step {checkpoint['step']})", "dataset": f"{dataset.name}, its "
              f"validation split ({len(val_set)} images)", "device": f"{device}, batch {cfg.batch_size}",
              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     pictures = [("precision-recall", "precision_recall.png"), ("dAP per error type", "errors/errors_dap.png"),
                 ("confusion matrix", "errors/confusion.png")]
     report = write_report(folder, facts=facts, metrics=metrics, classes=classes, errors=errors, complexity=complexity,
-                          speed=speed, thresholds=thresholds, pictures=pictures,
+                          speed=speed, thresholds=thresholds, pictures=pictures, robustness=robustness,
                           worst="worst_images.png" if (folder / "worst_images.png").is_file() else None)
-    record_evaluation(cfg, trained, checkpoint, dataset.name, metrics)
+    record_evaluation(cfg, trained, checkpoint, dataset.name, metrics, robustness)
     log.info("results in %s; the report: %s", folder, report)
 
 
@@ -153,14 +163,15 @@ def save_class_thresholds(cfg: DictConfig, checkpoint: dict, thresholds: dict[st
 
 
 def record_evaluation(cfg: DictConfig, trained: DictConfig, checkpoint: dict, dataset_name: str,
-                      metrics: dict[str, float]) -> None:
-    """The results as `eval/<name>` metrics (at the checkpoint's step) and `evaluation/<checkpoint>/`
-    artifacts (metrics.json, detections.json, errors/) in the training run that wrote the checkpoint, when the store holds
-    it and it has ended (it keeps the status it ended with); else in a run of their own named after the
-    checkpoint."""
+                      metrics: dict[str, float], robustness: Optional[dict]) -> None:
+    """The results as `eval/<name>` metrics (at the checkpoint's step; the corruption benchmark's as
+    `robustness/...`) and `evaluation/<checkpoint>/` artifacts (metrics.json, detections.json, errors/, ...)
+    in the training run that wrote the checkpoint, when the store holds it and it has ended (it keeps the
+    status it ended with); else in a run of their own named after the checkpoint."""
     from detection.cli.job import run_dir
     from detection.cli.runs import build_tracker, ended_with_status, tracking_spool
     from detection.cli.sweep import label_of
+    from detection.evaluation.robustness import robustness_metrics
 
     name = Path(cfg.ckpt_path).name
     tracker = build_tracker(cfg.tracking, experiment_name=label_of(trained, checkpoint.get("choices", {})),
@@ -177,8 +188,11 @@ def record_evaluation(cfg: DictConfig, trained: DictConfig, checkpoint: dict, da
     with ended_with_status(tracker):
         tracker.log_metrics({f"eval/{key.removeprefix('val/')}": value for key, value in metrics.items()},
                             step=int(checkpoint["step"]))
+        if robustness is not None:
+            tracker.log_metrics(robustness_metrics(robustness), step=int(checkpoint["step"]))
         for file_name in ("metrics.json", "detections.json", "errors", "thresholds.json", "per_image.json",
-                          "worst_images.png", "precision_recall.png", "report.md"):
+                          "worst_images.png", "precision_recall.png", "robustness.json", "robustness.png",
+                          "report.md"):
             if (run_dir() / file_name).exists():
                 tracker.log_artifact(run_dir() / file_name, artifact_path=f"evaluation/{name}")
         if status is not None:  # the training run ends as it had ended

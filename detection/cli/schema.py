@@ -55,6 +55,12 @@ class EvaluateConfig:
     confusion_score_threshold: float = TrainerSettings.confusion_score_threshold  # what the matrix counts
     save_thresholds: bool = False   # also write a copy of the checkpoint holding each class's F1-best threshold
     worst_images: int = 16          # the images with the lowest AP50 drawn in worst_images.png (0: none)
+    # the corruption benchmark (docs/evaluation.md#robustness-to-corruptions): the split again under each
+    # corruption (null: the 15 of detection/data/corruptions.py) at each severity (1..5)
+    robustness: bool = False
+    corruptions: Optional[list[str]] = None
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    corruption_seed: int = 0        # each image's corruption is drawn from (this, image, corruption, severity)
 
 
 @dataclass

@@ -49,11 +49,11 @@ def infer(model: nn.Module, batches: Iterable[tuple[list[torch.Tensor], Any]],
 
 
 def evaluate(model: nn.Module, loader: Iterable, evaluator: DetectionEvaluator, *, device: torch.device,
-             precision: Precision = EVALUATION, progress: bool = True) -> dict[str, float]:
+             precision: Precision = EVALUATION, progress: bool = True, desc: str = "validate") -> dict[str, float]:
     """Runs the model over `loader` (this rank's share of the split: (images, targets, skipped) batches)
     and returns the evaluator's metrics over the whole split (`map`, `ap/<class>`, ...; see
     DetectionEvaluator) and `skipped_samples`: the records of all ranks are gathered in image_id order, so
-    every rank gets exactly the metrics of a single-process evaluation."""
+    every rank gets exactly the metrics of a single-process evaluation. `desc`: the progress bar's label."""
     evaluator.reset()
     skipped = 0
 
@@ -64,7 +64,7 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: DetectionEvaluator, 
             yield images, targets
 
     infer(model, batches(), lambda predictions, targets, _: evaluator.update(predictions, targets), device=device,
-          precision=precision, progress=progress, desc="validate",
+          precision=precision, progress=progress, desc=desc,
           total=len(loader) if hasattr(loader, "__len__") else None)
     evaluator.synchronize(gather_to_all)
     skipped = sum(gather_to_all([skipped]))

@@ -100,8 +100,8 @@ class TrainerSettings:
         return cls(**dict(values))
 
 
-def check_seed(seed: Any) -> int:
-    """The run's seed: an integer in [0, 2**32), what NumPy and torch both accept."""
+def check_seed(seed: Any, key: str = "seed") -> int:
+    """A seed (setting `key`): an integer in [0, 2**32), what NumPy and torch both accept."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
-        raise SettingsError(f"seed={seed!r}: must be an integer in [0, 2**32)")
+        raise SettingsError(f"{key}={seed!r}: must be an integer in [0, 2**32)")
     return seed

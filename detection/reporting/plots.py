@@ -155,3 +155,41 @@ def save_error_plots(errors: dict, folder: Path, *, title: str) -> list[Path]:
     figure.savefig(folder / "confusion.png")
     plt.close(figure)
     return [folder / "errors_dap.png", folder / "confusion.png"]
+
+
+def save_robustness_plot(summary: dict, path: Path, *, title: str) -> Path:
+    """The corruption benchmark in one PNG: per family, each corruption's AP50 against severity (0: clean)
+    with the clean P and the mPC marked; and TIDE's dAP per error type, clean and averaged per family.
+    `summary`: `detection.evaluation.robustness.robustness_summary`'s."""
+    from detection.data.corruptions import FAMILIES
+
+    plt = pyplot()
+    figure, axes = plt.subplots(2, 3, figsize=(14, 8), dpi=100)
+    families = [family for family, names in FAMILIES.items() if set(names) & set(summary["per_corruption"])]
+    for panel, family in zip(axes.flat, families):
+        for corruption in FAMILIES[family]:
+            by_severity = summary["per_corruption"].get(corruption)
+            if by_severity:
+                severities = sorted(by_severity, key=int)
+                panel.plot([0, *map(int, severities)], [summary["P"], *(by_severity[s] for s in severities)],
+                           marker="o", label=corruption)
+        panel.axhline(summary["mPC"], color="grey", linestyle="--", label=f"mPC {summary['mPC']:.3f}")
+        panel.set(title=family, xlabel="severity (0: clean)", ylabel="AP50", ylim=(0, max(summary["P"], 0.05) * 1.1))
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize="small")
+    for panel in list(axes.flat)[len(families):-1]:
+        panel.axis("off")
+    daps, bars = summary["dap"], axes.flat[-1]
+    kinds = list(daps["clean"])
+    width = 0.8 / len(daps)
+    for offset, (name, values) in enumerate(daps.items()):
+        bars.bar(np.arange(len(kinds)) + offset * width, [values[kind] for kind in kinds], width, label=name)
+    bars.set_xticks(np.arange(len(kinds)) + 0.4 - width / 2, kinds, rotation=45, ha="right", fontsize="small")
+    bars.set(title="TIDE dAP (AP50 gained by fixing)", ylabel="dAP")
+    bars.legend(fontsize="small")
+    figure.suptitle(f"{title}: P {summary['P']:.3f}, mPC {summary['mPC']:.3f}, rPC {summary['rPC']:.1%}")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path

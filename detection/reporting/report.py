@@ -24,9 +24,10 @@ def table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
 
 def report_lines(*, facts: dict[str, str], metrics: dict, classes: Sequence[str], errors: dict, complexity,
                  speed: dict[str, float], thresholds: dict[str, dict], worst: Optional[str],
-                 pictures: Sequence[tuple[str, str]]) -> list[str]:
+                 pictures: Sequence[tuple[str, str]], robustness: Optional[dict] = None) -> list[str]:
     """The report's markdown lines. `facts`: checkpoint, dataset, device, date, ...; `pictures`: (title,
-    path relative to the report); `worst`: the worst-images picture's relative path, if drawn."""
+    path relative to the report); `worst`: the worst-images picture's relative path, if drawn; `robustness`:
+    the corruption benchmark's summary (robustness.json, its plot robustness.png), if run."""
     lines = ["# Evaluation report", "", *(f"- **{key}**: {value}" for key, value in facts.items()), "",
              "## Headline", "", *table(["measure", "value"], [(name, metrics.get(key, math.nan))
                                                                 for name, key in HEADLINE])]
@@ -44,8 +45,28 @@ def report_lines(*, facts: dict[str, str], metrics: dict, classes: Sequence[str]
     lines += ["## Cost", "", "```", complexity.table(), "```", "",
               "Per image: " + (", ".join(f"{key.removesuffix('_ms')} {ms:.1f} ms" for key, ms in speed.items())
                                or "not timed (an exported model)"), ""]
-    lines += ["## Robustness", "", "Not run: this evaluation did not corrupt its images.", ""]
+    lines += robustness_lines(robustness)
     return lines
+
+
+def robustness_lines(summary: Optional[dict]) -> list[str]:
+    """The report's robustness section: P, mPC, rPC (VOC07 AP50, and COCO AP where computed), the AP50 per
+    corruption and severity, the TIDE error each family of corruptions grows most, and the plot."""
+    if summary is None:
+        return ["## Robustness", "", "Not run (`robustness=true` runs the corruption benchmark).", ""]
+    measures = [("VOC07 AP50", summary), *([("COCO AP50-95", summary["coco"])] if "coco" in summary else [])]
+    severities = sorted({int(s) for row in summary["per_corruption"].values() for s in row})
+    lines = ["## Robustness", "", "The validation split under ImageNet-C corruptions (Michaelis et al. 2019): "
+             "P is the clean AP, mPC its mean over every corruption and severity run, rPC = mPC / P.", "",
+             *table(["measure", "P", "mPC", "rPC"], [(name, values["P"], values["mPC"], f"{values['rPC']:.1%}")
+                                                     for name, values in measures])]
+    lines += table(["corruption (AP50)", *(f"severity {s}" for s in severities)],
+                   [(corruption, *(row.get(str(s), math.nan) for s in severities))
+                    for corruption, row in summary["per_corruption"].items()])
+    lines += table(["family", "TIDE error grown most", "dAP clean", "dAP corrupted"],
+                   [(family, grown["type"], grown["clean_dAP"], grown["dAP"])
+                    for family, grown in summary["grown_most"].items()])
+    return lines + ["![AP50 under corruption, and dAP per family](robustness.png)", ""]
 
 
 def write_report(folder: Path, **sections) -> Path:

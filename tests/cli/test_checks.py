@@ -99,7 +99,11 @@ def test_the_entry_point_refuses_in_one_line_before_torch_is_imported(tmp_path):
 
 
 @pytest.mark.parametrize("script, arguments, named", [
-    ("evaluate.py", ["ckpt_path=x.pt", "+robustness=true"], "robustness is not a setting"),
+    ("evaluate.py", ["ckpt_path=x.pt", "+robust=true"], "robust is not a setting"),
+    ("evaluate.py", ["ckpt_path=x.pt", "robustness=true", "corruptions=[fog,rain]"],
+     "corruptions=['fog', 'rain']: no corruption ['rain']; choose from ['gaussian_noise', "),
+    ("evaluate.py", ["ckpt_path=x.pt", "severities=[0,6]"], "severities=[0, 6]: must be some of [1, 2, 3, 4, 5]"),
+    ("evaluate.py", ["ckpt_path=x.pt", "corruption_seed=-1"], "corruption_seed=-1: must be an integer in [0, 2**32)"),
     ("evaluate.py", [], "ckpt_path is required: give it on the command line (ckpt_path=...)"),
     ("predict.py", ["ckpt_path=x.pt", "source=a", "+tta=[flip]"], "tta is not a setting"),
     ("export.py", ["ckpt_path=x.pt", "+opset=11"], "opset is not a setting"),

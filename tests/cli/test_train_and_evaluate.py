@@ -100,7 +100,8 @@ def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):
     train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128", "trainer.amp=bf16")
     eval_dir = tmp_path / "eval"
     eval_dir.mkdir()
-    result = run_script("evaluate.py", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.pt'}", cwd=eval_dir,
+    result = run_script("evaluate.py", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.pt'}", "robustness=true",
+                        "corruptions=[gaussian_noise,brightness]", "severities=[1,5]", cwd=eval_dir,
                         env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -122,20 +123,30 @@ def test_evaluate_prints_map_and_writes_metrics(tmp_path, shapes_root):
     assert {item.path for item in client.list_artifacts(run.info.run_id, "evaluation/last.pt")} == \
         {f"evaluation/last.pt/{name}" for name in ("metrics.json", "detections.json", "errors", "thresholds.json",
                                                    "per_image.json", "worst_images.png", "precision_recall.png",
-                                                   "report.md")}
+                                                   "robustness.json", "robustness.png", "report.md")}
     # one report: every section, every picture it shows beside it, its path printed
     report = (eval_dir / "run" / "report.md").read_text()
     for heading in ("## Headline", "## Per class", "## Errors (TIDE at IoU 0.5)", "## The worst images", "## Cost",
                     "## Robustness"):
         assert heading in report, heading
     pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
-    assert len(pictures) == 4 and all((eval_dir / "run" / picture).is_file() for picture in pictures)
+    assert len(pictures) == 5 and all((eval_dir / "run" / picture).is_file() for picture in pictures)
     assert f"the report: {eval_dir / 'run' / 'report.md'}" in output
     # per image: each file's AP50 and error counts, which add up to the split's breakdown
     rows = json.loads((eval_dir / "run" / "per_image.json").read_text())
     assert all(row["file_name"].endswith(".jpg") for row in rows)
     for name, count in metrics["error_breakdown"]["counts"].items():
         assert sum(row[name] for row in rows) == count, name
+    # the corruption benchmark over the same split: P is the clean evaluation's AP50, mPC the runs' mean
+    robustness = json.loads((eval_dir / "run" / "robustness.json").read_text())
+    assert robustness["P"] == metrics["val/map"] and set(robustness["per_corruption"]) == {"gaussian_noise",
+                                                                                          "brightness"}
+    corrupted = [ap for row in robustness["per_corruption"].values() for ap in row.values()]
+    assert len(corrupted) == 4 and robustness["mPC"] == pytest.approx(sum(corrupted) / 4)
+    assert robustness["coco"]["P"] == metrics["val/map50_95"] and set(robustness["grown_most"]) == {"noise", "weather"}
+    assert run.data.metrics["robustness/mPC"] == pytest.approx(robustness["mPC"]) and \
+        "robustness/ap50/brightness/s5" in run.data.metrics
+    assert "P (clean AP50)" in output and "| gaussian_noise |" in report and "gaussian_noise 5/5" in result.stderr
     detections = json.loads((eval_dir / "run" / "detections.json").read_text())
     assert detections and {"image_id", "category_id", "category_name", "bbox", "score"} <= set(detections[0])
     assert {record["category_name"] for record in detections} <= {"ellipse", "rectangle", "triangle", "star"}
