@@ -1,6 +1,7 @@
 """torchvision classification networks as detector trunks: split into the two feature stages an SSD starts
 from, or with a feature pyramid for Mask R-CNN."""
 
+import logging
 import urllib.error
 from pathlib import Path
 from typing import Optional
@@ -11,6 +12,7 @@ from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
+log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -77,22 +79,48 @@ def load_weights(model: nn.Module, *, arch: str, weights: Optional[str]) -> None
 
 
 def build_vgg_trunk(*, arch: str = "vgg16", weights: Optional[str] = None) -> SSDTrunk:
-    """VGG split after conv4_3's ReLU, then pool5 (3x3, stride 1), dilated conv6 and 1x1 conv7 (SSD paper)."""
+    """VGG split after conv4_3's ReLU, then pool5 (3x3, stride 1), dilated conv6 and 1x1 conv7: the SSD paper's
+    reduced VGG16. With `weights`, conv6 and conv7 start from the ImageNet classifier's fc6 and fc7 subsampled
+    (`reduced_fc_weights`), as the paper's network does; without, they start at random like the rest."""
     vgg = torchvision.models.get_model(arch, weights=None)
     load_weights(vgg, arch=arch, weights=weights)
     layers = list(vgg.features)
     pools = [i for i, layer in enumerate(layers) if isinstance(layer, nn.MaxPool2d)]
     pool3, pool4, pool5 = pools[2], pools[3], pools[4]
     layers[pool3].ceil_mode = True  # so that 300 gives 38 (SSD300), as in the original Caffe model
-    stage2 = nn.Sequential(
-        *layers[pool4:pool5],
-        nn.MaxPool2d(kernel_size=3, stride=1, padding=1),
-        nn.Conv2d(512, 1024, kernel_size=3, padding=6, dilation=6),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(1024, 1024, kernel_size=1),
-        nn.ReLU(inplace=True),
-    )
+    conv6 = nn.Conv2d(512, 1024, kernel_size=3, padding=6, dilation=6)
+    conv7 = nn.Conv2d(1024, 1024, kernel_size=1)
+    if weights is not None:
+        load_reduced_fc(conv6, conv7, vgg.classifier)
+    stage2 = nn.Sequential(*layers[pool4:pool5], nn.MaxPool2d(kernel_size=3, stride=1, padding=1),
+                           conv6, nn.ReLU(inplace=True), conv7, nn.ReLU(inplace=True))
     return SSDTrunk(nn.Sequential(*layers[:pool4]), stage2, (512, 1024))
+
+
+def reduced_fc_weights(fc6: nn.Linear, fc7: nn.Linear) -> dict[str, torch.Tensor]:
+    """conv6's and conv7's weights and biases from VGG16's fc6 (Linear 25088 -> 4096, a 7x7 convolution
+    over 512 channels) and fc7 (4096 -> 4096), subsampled as DeepLab-LargeFOV and the SSD paper reduce
+    them: every 4th output (and, for fc7, input) channel, and fc6's 7x7 taps at rows and columns 0, 3, 6
+    (the dilation of 6 then spreads those 3x3 taps over a field like the original 7x7 one). conv6 weight
+    [1024, 512, 3, 3], conv7 weight [1024, 1024, 1, 1], biases [1024]."""
+    six = fc6.weight.detach().reshape(fc6.out_features, 512, 7, 7)
+    return {"conv6.weight": six[::4, :, ::3, ::3].clone(), "conv6.bias": fc6.bias.detach()[::4].clone(),
+            "conv7.weight": fc7.weight.detach()[::4, ::4, None, None].clone(),
+            "conv7.bias": fc7.bias.detach()[::4].clone()}
+
+
+def load_reduced_fc(conv6: nn.Conv2d, conv7: nn.Conv2d, classifier: nn.Sequential) -> None:
+    """conv6 and conv7 from the classifier's fc6 and fc7 (`reduced_fc_weights`), unless the weights hold
+    no classifier (torchvision's IMAGENET1K_FEATURES fills it with NaN): then they keep their random start."""
+    fc6, fc7 = classifier[0], classifier[3]
+    if not (torch.isfinite(fc6.weight).all() and torch.isfinite(fc7.weight).all()):
+        log.warning("the VGG weights hold no fc6/fc7 (features only): conv6 and conv7 start at random")
+        return
+    reduced = reduced_fc_weights(fc6, fc7)
+    with torch.no_grad():
+        for layer, name in ((conv6, "conv6"), (conv7, "conv7")):
+            layer.weight.copy_(reduced[f"{name}.weight"])
+            layer.bias.copy_(reduced[f"{name}.bias"])
 
 
 def build_resnet_trunk(*, arch: str = "resnet50", weights: Optional[str] = None) -> SSDTrunk:

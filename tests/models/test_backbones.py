@@ -54,3 +54,41 @@ def test_vgg_trunk_splits_after_conv4_3_at_stride_8_and_16():
     trunk = build_vgg_trunk(arch="vgg16")
     first, second = trunk(torch.zeros(1, 3, 300, 300))
     assert first.shape == (1, 512, 38, 38) and second.shape == (1, 1024, 19, 19)
+
+
+def vgg16_state_dict(classifier_finite: bool = True) -> dict:
+    """A VGG16 state dict of distinct random values, as an ImageNet file would hold it."""
+    state = {key: torch.randn_like(value) for key, value in torchvision.models.vgg16().state_dict().items()}
+    if not classifier_finite:  # torchvision's IMAGENET1K_FEATURES: the classifier holds no values
+        state.update({key: torch.full_like(value, float("nan")) for key, value in state.items()
+                      if key.startswith("classifier.")})
+    return state
+
+
+def test_the_reduced_vgg16_subsamples_fc6_and_fc7_into_conv6_and_conv7_as_the_paper_does(tmp_path):
+    state = vgg16_state_dict()
+    torch.save(state, tmp_path / "vgg16.pth")
+    trunk = build_vgg_trunk(arch="vgg16", weights=str(tmp_path / "vgg16.pth"))
+    conv6, conv7 = [layer for layer in trunk.stage2 if isinstance(layer, torch.nn.Conv2d)][-2:]
+    fc6 = state["classifier.0.weight"].reshape(4096, 512, 7, 7)
+    assert conv6.weight.shape == (1024, 512, 3, 3) and conv6.dilation == (6, 6)
+    for out, channel, row, column in [(0, 0, 0, 0), (5, 17, 1, 2), (1023, 511, 2, 2), (256, 100, 2, 0)]:
+        assert conv6.weight[out, channel, row, column] == fc6[4 * out, channel, 3 * row, 3 * column]
+    assert torch.equal(conv6.bias, state["classifier.0.bias"][[4 * i for i in range(1024)]])
+    assert conv7.weight.shape == (1024, 1024, 1, 1)
+    assert conv7.weight[3, 1000, 0, 0] == state["classifier.3.weight"][12, 4000]
+    assert torch.equal(conv7.weight[:, :, 0, 0], state["classifier.3.weight"][::4, ::4])
+    assert torch.equal(conv7.bias, state["classifier.3.bias"][::4])
+    # conv1_1 to conv5_3 are the file's own
+    assert torch.equal(trunk.stage1[0].weight, state["features.0.weight"])
+    for size, maps in ((300, (38, 19)), (512, (64, 32))):
+        first, second = trunk(torch.zeros(1, 3, size, size))
+        assert first.shape == (1, 512, maps[0], maps[0]) and second.shape == (1, 1024, maps[1], maps[1])
+
+
+def test_features_only_vgg_weights_leave_conv6_and_conv7_at_their_random_start(tmp_path, caplog):
+    torch.save(vgg16_state_dict(classifier_finite=False), tmp_path / "features.pth")
+    torch.manual_seed(0)
+    trunk = build_vgg_trunk(arch="vgg16", weights=str(tmp_path / "features.pth"))
+    conv6 = [layer for layer in trunk.stage2 if isinstance(layer, torch.nn.Conv2d)][-2]
+    assert torch.isfinite(conv6.weight).all() and "conv6 and conv7 start at random" in caplog.text
