@@ -2,7 +2,9 @@
 hooks and what a checkpoint holds besides the training state."""
 
 import logging
+import math
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -81,6 +83,19 @@ def training_loaders(held: ExitStack, train_set, val_set, settings: TrainerSetti
                build_loader(val_set, shuffle=False, limit=settings.limit_val_images, **shard))
     held.callback(stop_workers, *loaders)
     return loaders
+
+
+def length_in_epochs(cfg: DictConfig, settings: TrainerSettings, steps_per_epoch: int) -> TrainerSettings:
+    """With `trainer.max_steps` (a length in optimiser steps, as papers give it): `trainer.max_epochs` becomes
+    the fewest whole epochs of `steps_per_epoch` that hold it, in the configuration too, so that the run
+    records, resumes and is judged finished by it. The schedule spans exactly max_steps; the rest of the
+    last epoch keeps its final learning rate."""
+    if settings.max_steps is None:
+        return settings
+    cfg.trainer.max_epochs = math.ceil(settings.max_steps / steps_per_epoch)
+    log.info("trainer.max_steps=%d at %d steps an epoch: %d epochs (%d steps)", settings.max_steps, steps_per_epoch,
+             cfg.trainer.max_epochs, cfg.trainer.max_epochs * steps_per_epoch)
+    return replace(settings, max_epochs=cfg.trainer.max_epochs)
 
 
 def device_augmentation(train_set) -> Optional[Callable]:

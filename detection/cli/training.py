@@ -40,6 +40,8 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     train_set, val_set = instantiate(cfg.dataset.train), instantiate(cfg.dataset.val)
     fingerprint = split_fingerprint(train_set.records())
     with ExitStack() as held:
+        train_loader, val_loader = assembly.training_loaders(held, train_set, val_set, settings, job, cfg.seed)
+        settings = assembly.length_in_epochs(cfg, settings, len(train_loader))
         tracker = assembly.open_training_run(held, cfg, job, run_dir, checkpoint, fingerprint)
         model, network = prepare_network(
             assembly.build_model(cfg, pretrained=checkpoint is None), device=job.device, context=job.context,
@@ -47,9 +49,9 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             cudnn_benchmark=settings.cudnn_benchmark, sync_batchnorm=settings.sync_batchnorm)
         if job.is_main:
             assembly.log_complexity(model, tracker)
-        train_loader, val_loader = assembly.training_loaders(held, train_set, val_set, settings, job, cfg.seed)
         optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
-        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=settings.max_epochs * len(train_loader))
+        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=settings.max_steps or
+                                               settings.max_epochs * len(train_loader))
         state = TrainingState(TrainStep(model, optimizer, scheduler, network=network, device=job.device,
                                         precision=job.precision, grad_clip=settings.grad_clip,
                                         augment=assembly.device_augmentation(train_set)),

@@ -39,6 +39,9 @@ class TrainerSettings:
     option (`trainer=default`, registered from this class: its defaults are written here only)."""
 
     max_epochs: int = 12
+    # the length in optimiser steps instead (a paper's iterations): the fewest whole epochs that hold them, the
+    # learning-rate schedule spanning exactly these steps
+    max_steps: Optional[int] = None
     batch_size: int = 8                          # per process (rank)
     num_workers: int = 2                         # loader processes (0: load in the training process)
     persistent_workers: bool = True              # keep them from epoch to epoch (items seeded by (seed, epoch, index))
@@ -68,7 +71,7 @@ class TrainerSettings:
         for key, minimum in (("max_epochs", 1), ("batch_size", 1), ("num_workers", 0), ("log_every", 1),
                              ("max_nonfinite_in_row", 0), ("keep_last", 1), ("prefetch_factor", 1)):
             check_at_least(f"trainer.{key}", getattr(self, key), minimum)
-        for key in ("checkpoint_every", "limit_train_images", "limit_val_images", "debug_images_every"):
+        for key in ("max_steps", "checkpoint_every", "limit_train_images", "limit_val_images", "debug_images_every"):
             check_at_least(f"trainer.{key}", getattr(self, key), 1, optional=True)
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise SettingsError(f"trainer.grad_clip={self.grad_clip!r}: must be a positive max gradient norm "

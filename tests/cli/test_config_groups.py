@@ -120,8 +120,29 @@ def test_every_tracking_option_builds(compose_train, tracking):
 def test_every_experiment_and_debug_preset_composes_and_builds(compose_train, experiment):
     for debug in options("debug"):
         cfg = compose_train(f"experiment={experiment}", f"debug={debug}")
-        assert isinstance(build_model(cfg), torch.nn.Module)
+        # without the ImageNet files the paper's recipes name (no download here): their loading is tested in
+        # tests/models/test_backbones.py
+        assert isinstance(build_model(cfg, pretrained=False), torch.nn.Module)
         assert cfg.trainer.max_epochs >= 1
+
+
+# the SSD paper's starred runs (section 3 and weiliu89/caffe's scripts): anchors, iterations, lr steps
+@pytest.mark.parametrize("experiment, dataset, anchors, steps, lr_steps", [
+    ("ssd300_voc0712", "voc", 8732, 120_000, [80_000, 100_000]),
+    ("ssd512_voc0712", "voc", 24564, 120_000, [80_000, 100_000]),
+    ("ssd300_coco", "coco", 8732, 400_000, [280_000, 360_000]),
+    ("ssd512_coco", "coco", 24564, 400_000, [280_000, 360_000]),
+])
+def test_the_ssd_papers_recipes_train_as_the_paper_says(compose_train, experiment, dataset, anchors, steps, lr_steps):
+    cfg = compose_train(f"experiment={experiment}")
+    assert cfg.dataset.name == dataset and cfg.backbone.weights == "IMAGENET1K_V1"
+    assert (cfg.trainer.batch_size, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == \
+        (32, 1e-3, 0.9, 5e-4)
+    assert cfg.trainer.max_steps == steps and [round(m * steps) for m in cfg.scheduler.milestones] == lr_steps
+    assert cfg.scheduler.gamma == 0.1 and cfg.scheduler.warmup_steps == 0
+    geometry = cfg.augment.transforms[-1].geometry  # the zoom-out "expansion" of the starred results
+    assert geometry.max_zoom == 4.0 and geometry.size == cfg.anchors.image_size
+    assert len(build_model(cfg, pretrained=False).box_coder.anchors) == anchors
 
 
 @pytest.mark.faults

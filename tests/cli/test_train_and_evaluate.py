@@ -48,8 +48,12 @@ def test_smoke_training_writes_a_checkpoint_and_logs_to_mlflow(tmp_path, shapes_
 
 def test_the_run_folder_has_one_results_row_per_epoch_and_ends_with_the_best_and_pasteable_commands(tmp_path,
                                                                                                   shapes_root):
-    result = train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128", "trainer.max_epochs=3",
+    # the length in steps, as a paper gives it: 5 steps of 2 an epoch are 3 epochs, the schedule spans 5
+    result = train(tmp_path, shapes_root, "backbone=resnet18", "anchors=shapes128", "trainer.max_steps=5",
                    "trainer.best_model_only=true")
+    assert "trainer.max_steps=5 at 2 steps an epoch: 3 epochs (6 steps)" in result.stdout
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["config"]["trainer"]["max_epochs"] == 3 and last["scheduler"]["lr_lambdas"][0]["total_steps"] == 5
     with open(tmp_path / "run" / "results.csv") as file:
         rows = list(csv.DictReader(file))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"] and [row["step"] for row in rows] == ["2", "4", "6"]
