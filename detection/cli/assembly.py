@@ -98,6 +98,14 @@ def length_in_epochs(cfg: DictConfig, settings: TrainerSettings, steps_per_epoch
     return replace(settings, max_epochs=cfg.trainer.max_epochs)
 
 
+def optimisation(cfg: DictConfig, model: torch.nn.Module, settings: TrainerSettings, steps_per_epoch: int):
+    """The optimiser over the model's trainable parameters, and its schedule over the run's steps
+    (`trainer.max_steps`, else max_epochs x steps_per_epoch)."""
+    optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
+    total_steps = settings.max_steps or settings.max_epochs * steps_per_epoch
+    return optimizer, instantiate(cfg.scheduler)(optimizer, total_steps=total_steps)
+
+
 def device_augmentation(train_set) -> Optional[Callable]:
     """The training split's transforms when they run on the device (`augment=ssd_gpu`), else None."""
     return train_set.transforms if getattr(train_set.transforms, "decodes_on_device", False) else None

@@ -65,9 +65,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
             results = evaluate(model.to(device), loader, evaluator, device=device, progress=context.is_main)
         speed = times.per_image()
         metrics = {**validation_metrics(results), **{f"val/speed/{key}": ms for key, ms in speed.items()}}
+        clean = scores_of(metrics, evaluator.error_breakdown())
         robustness = (run_robustness(cfg, model=model, val_set=val_set, class_names=list(dataset.classes),
-                                     device=device, context=context, clean=scores_of(metrics, evaluator.error_breakdown()))
-                      if cfg.robustness else None)
+                                     device=device, context=context, clean=clean) if cfg.robustness else None)
     finally:
         shutdown_distributed()
     if context.is_main:

@@ -49,9 +49,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
             cudnn_benchmark=settings.cudnn_benchmark, sync_batchnorm=settings.sync_batchnorm)
         if job.is_main:
             assembly.log_complexity(model, tracker)
-        optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
-        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=settings.max_steps or
-                                               settings.max_epochs * len(train_loader))
+        optimizer, scheduler = assembly.optimisation(cfg, model, settings, len(train_loader))
         state = TrainingState(TrainStep(model, optimizer, scheduler, network=network, device=job.device,
                                         precision=job.precision, grad_clip=settings.grad_clip,
                                         augment=assembly.device_augmentation(train_set)),
@@ -62,8 +60,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
         run_hooks, checkpoints = assembly.training_hooks(cfg, settings, job, tracker, run_dir, val_loader)
         run_hooks += trial_report(tracker, is_main=job.is_main)  # an Optuna trial's, with a pruner
         log.info("run directory %s; training %s on %s (rank %d of %d); ready %.1f s after the job began", run_dir,
-                 label_of(cfg, group_choices()), job.device, job.context.rank, job.context.world_size,
-                 uptime())
+                 label_of(cfg, group_choices()), job.device, job.context.rank, job.context.world_size, uptime())
         metrics = fit(state, train_loader, settings, hooks=run_hooks, checkpoints=checkpoints)
         if job.is_main:
             resumed_from = [Path(cfg.ckpt_path).parent] if cfg.ckpt_path else []
