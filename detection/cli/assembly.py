@@ -6,7 +6,7 @@ import math
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from hydra.utils import instantiate
@@ -53,6 +53,21 @@ def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, DictConfig, dict
     model = build_model(trained, pretrained=False)
     model.load_state_dict(checkpoint["model"])
     return model, trained, checkpoint
+
+
+def with_test_time_views(model: torch.nn.Module, tta: Sequence, slices: Optional[Sequence[float]]) -> torch.nn.Module:
+    """`model`, or, with `tta` (flip and input sizes) or `slices` ([tile size, overlap]), a TestTimeModel
+    that looks at each image in those views too and merges their detections."""
+    if not tta and not slices:
+        return model
+    from detection.engine.test_time import TestTimeModel
+
+    views = TestTimeModel(model, flip="flip" in tta, sizes=[int(item) for item in tta if item != "flip"],
+                          tile=int(slices[0]) if slices else None, overlap=float(slices[1]) if slices else 0.0)
+    log.info("test-time views: the image%s%s%s, merged by NMS", " and its mirror" if views.flip else "",
+             f", at input sizes {list(views.sizes)}" if views.sizes else "",
+             f", and {views.tile}-pixel tiles overlapping by {views.overlap:.0%}" if views.tile else "")
+    return views.eval()
 
 
 def open_training_run(held: ExitStack, cfg: DictConfig, job: Job, run_dir: Path, checkpoint: Optional[dict],

@@ -165,6 +165,20 @@ def check_evaluate(cfg: DictConfig) -> None:
     if not 0 <= cfg.confusion_score_threshold <= 1:
         raise SettingsError(f"confusion_score_threshold must be within 0..1, got {cfg.confusion_score_threshold}")
     check_corruptions(cfg)
+    check_test_time(cfg)
+
+
+def check_test_time(cfg: DictConfig) -> None:
+    """Refuses `tta` items other than flip and input sizes, and `slices` other than [tile size, overlap]."""
+    for item in cfg.tta:
+        if item != "flip" and (isinstance(item, bool) or not isinstance(item, int) or item < 32):
+            raise SettingsError(f"tta={list(cfg.tta)}: {item!r} is neither flip nor an input size (an integer "
+                                f">= 32), e.g. tta=[flip,352]")
+    if cfg.slices is not None:
+        slices = list(cfg.slices)
+        if len(slices) != 2 or not float(slices[0]).is_integer() or slices[0] < 32 or not 0 <= slices[1] < 1:
+            raise SettingsError(f"slices={slices}: must be [tile size >= 32 pixels, overlap in 0..1), "
+                                f"e.g. slices=[320,0.2]")
 
 
 def check_corruptions(cfg: DictConfig) -> None:
@@ -192,6 +206,9 @@ def check_predict(cfg: DictConfig) -> None:
     check_loading(cfg)
     if bool(cfg.ckpt_path) == bool(cfg.model_path):
         raise SettingsError("give one of ckpt_path (a training checkpoint) and model_path (an exported file)")
+    check_test_time(cfg)
+    if cfg.model_path and (cfg.tta or cfg.slices):
+        raise SettingsError("tta and slices run a checkpoint's model (ckpt_path=), not an exported file")
     if cfg.model_path and cfg.source in SPLIT_SOURCES and not os.path.exists(cfg.source):
         raise SettingsError(f"source={cfg.source}: a dataset split is the checkpoint's; give ckpt_path= (an "
                             f"exported file holds no dataset), or a folder, image, glob or video")

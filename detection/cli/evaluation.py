@@ -40,7 +40,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     # imported once the settings passed their check: a bad setting is refused before torch loads
     from hydra.utils import instantiate
 
-    from detection.cli.assembly import model_from_checkpoint
+    from detection.cli.assembly import model_from_checkpoint, with_test_time_views
     from detection.cli.robustness import run_robustness, scores_of
     from detection.data.loader import build_loader
     from detection.engine.device import resolve_device
@@ -62,11 +62,12 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
                                    confusion_score_threshold=cfg.confusion_score_threshold)
     try:
         with StageTimes(model, device) as times:
-            results = evaluate(model.to(device), loader, evaluator, device=device, progress=context.is_main)
+            viewed = with_test_time_views(model.to(device), cfg.tta, cfg.slices)
+            results = evaluate(viewed, loader, evaluator, device=device, progress=context.is_main)
         speed = times.per_image()
         metrics = {**validation_metrics(results), **{f"val/speed/{key}": ms for key, ms in speed.items()}}
         clean = scores_of(metrics, evaluator.error_breakdown())
-        robustness = (run_robustness(cfg, model=model, val_set=val_set, class_names=list(dataset.classes),
+        robustness = (run_robustness(cfg, model=viewed, val_set=val_set, class_names=list(dataset.classes),
                                      device=device, context=context, clean=clean) if cfg.robustness else None)
     finally:
         shutdown_distributed()

@@ -15,7 +15,7 @@ def run_prediction(cfg: DictConfig) -> dict[str, float]:
     import torch
     from torch.utils.data import DataLoader
 
-    from detection.cli.assembly import model_from_checkpoint
+    from detection.cli.assembly import model_from_checkpoint, with_test_time_views
     from detection.cli.job import run_dir as job_dir
     from detection.data.sources import ImageFiles, VideoFrames, VideoWriter, collate_files, image_files, is_video
     from detection.engine.device import resolve_device
@@ -29,7 +29,7 @@ def run_prediction(cfg: DictConfig) -> dict[str, float]:
     else:
         model, trained, checkpoint = model_from_checkpoint(Path(cfg.ckpt_path))
         device, class_names = resolve_device(cfg.device), checkpoint["class_names"]
-        model.to(device)
+        model = with_test_time_views(model.to(device), cfg.tta, cfg.slices)
     run_dir, source = job_dir(), Path(cfg.source)
     saved = model.metadata.get("score_thresholds") if cfg.model_path else checkpoint.get("score_thresholds")
     options = {"score_threshold": score_thresholds(cfg, saved, class_names), "draw": cfg.draw}

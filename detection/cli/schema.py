@@ -43,7 +43,16 @@ class TrainConfig:
 
 
 @dataclass
-class EvaluateConfig:
+class TestTimeOptions:
+    """More views of each image at test time, merged by NMS (evaluate.py and predict.py;
+    docs/evaluation.md#test-time-augmentation-and-sliced-inference)."""
+
+    tta: list[Any] = field(default_factory=list)   # flip and/or input sizes (SSD: its side; R-CNNs: the short side)
+    slices: Optional[list[float]] = None          # [tile size, overlap]: overlapping tiles besides the whole image
+
+
+@dataclass
+class EvaluateConfig(TestTimeOptions):
     """`python evaluate.py ckpt_path=<checkpoint> [dataset=...]`: the model comes from the checkpoint."""
 
     ckpt_path: str = MISSING
@@ -64,7 +73,7 @@ class EvaluateConfig:
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(TestTimeOptions):
     """`python predict.py ckpt_path=<checkpoint> source=<folder | image | glob | video | train | val>` (train or
     val, where no such path exists: that split of the checkpoint's dataset): each image drawn into
     <run dir>/images/ (a video into <run dir>/<name>.mp4), the detections in <run dir>/predictions.json (COCO

@@ -1,5 +1,6 @@
 """SSD: a trunk split at stride 8 and 16, extra layers down to 1x1, 3x3 heads, MultiBox loss, per-class NMS."""
 
+import copy
 from typing import Optional, Sequence
 
 import torch
@@ -167,14 +168,52 @@ class SSD(nn.Module):
     @torch.no_grad()
     def postprocess(self, loc: torch.Tensor, cls: torch.Tensor,
                     image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
-        """Each image's detections (see `padded_detections`), in its own pixels, computed in fp32 whatever
-        autocast the network ran under (decoding and NMS in half precision move boxes and reorder ties). One
-        host read."""
+        """Each image's detections (see `padded_detections`), in its own pixels. One host read."""
+        return per_image(*self.padded_postprocess(loc, cls, image_sizes))
+
+    @torch.no_grad()
+    def padded_postprocess(self, loc: torch.Tensor, cls: torch.Tensor, image_sizes: list[tuple[int, int]]
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`padded_detections` in each image's pixels, computed in fp32 whatever autocast the network ran
+        under (decoding and NMS in half precision move boxes and reorder ties); no host read on the dense path."""
         scale = loc.new_tensor([[width / self.image_size, height / self.image_size] * 2
                                 for height, width in image_sizes]).float()
         with torch.autocast(loc.device.type, enabled=False):
-            return per_image(*self.padded_detections(loc.float(), cls.float(), scale,
-                                                     dense=self.dense_nms(loc.device)))
+            return self.padded_detections(loc.float(), cls.float(), scale, dense=self.dense_nms(loc.device))
+
+    @torch.no_grad()
+    def padded_predictions(self, images: list[torch.Tensor]
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eval on a list of images as `forward`, but padded (`padded_best_detections`' boxes, labels,
+        scores, counts) and without the host read that cuts them per image."""
+        loc, cls = self.head(self.features(self.preprocess(images)))
+        return self.padded_postprocess(loc, cls, [tuple(image.shape[-2:]) for image in images])
+
+    def at_input_size(self, size: int) -> "SSD":
+        """A twin sharing this model's weights that resizes images to `size` instead: its box sizes scaled
+        with the input, its feature maps and anchors from a dry run at that size (as `image_size=` lays them
+        out for training). A size at which the network makes another number of maps is refused."""
+        spec = AnchorSpec(size, [s * size / self.image_size for s in self.anchor_spec.box_sizes],
+                          self.anchor_spec.aspect_ratios)
+        device, training = self.image_mean.device, self.features.training
+        try:
+            with torch.no_grad():  # in eval mode: a dry run must not move BatchNorm's statistics
+                measured = [m.shape[-1] for m in self.features.eval()(torch.zeros(1, 3, size, size, device=device))]
+        except RuntimeError as error:  # a map shrinks below a layer's kernel
+            raise ValueError(f"an SSD laid out for {self.image_size} cannot run at input {size} ({error}): "
+                             f"choose a size nearer {self.image_size}") from None
+        finally:
+            self.features.train(training)
+        if len(measured) != self.anchor_spec.num_maps:
+            raise ValueError(f"an SSD with {self.anchor_spec.num_maps} maps at {self.image_size} makes "
+                             f"{len(measured)} at input {size}: choose a size nearer {self.image_size}")
+        spec = spec.with_feature_map_sizes(measured)
+        twin = copy.copy(self)
+        twin._modules = dict(self._modules)  # its own module table: the new box coder is not the original's
+        twin.box_coder = SSDBoxCoder(generate_anchors(spec).to(device), iou_threshold=self.box_coder.iou_threshold,
+                                     variances=self.box_coder.variances)
+        twin.anchor_spec, twin.image_size = spec, size
+        return twin
 
     def padded_detections(self, loc: torch.Tensor, cls: torch.Tensor, scale: torch.Tensor, *, dense: bool
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

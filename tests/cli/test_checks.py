@@ -105,7 +105,9 @@ def test_the_entry_point_refuses_in_one_line_before_torch_is_imported(tmp_path):
     ("evaluate.py", ["ckpt_path=x.pt", "severities=[0,6]"], "severities=[0, 6]: must be some of [1, 2, 3, 4, 5]"),
     ("evaluate.py", ["ckpt_path=x.pt", "corruption_seed=-1"], "corruption_seed=-1: must be an integer in [0, 2**32)"),
     ("evaluate.py", [], "ckpt_path is required: give it on the command line (ckpt_path=...)"),
-    ("predict.py", ["ckpt_path=x.pt", "source=a", "+tta=[flip]"], "tta is not a setting"),
+    ("predict.py", ["ckpt_path=x.pt", "source=a", "+flip=true"], "flip is not a setting"),
+    ("predict.py", ["ckpt_path=x.pt", "source=a", "tta=[mirror]"], "tta=['mirror']: 'mirror' is neither flip nor"),
+    ("evaluate.py", ["ckpt_path=x.pt", "slices=[320,1.5]"], "slices=[320.0, 1.5]: must be [tile size >= 32 pixels"),
     ("export.py", ["ckpt_path=x.pt", "+opset=11"], "opset is not a setting"),
 ])
 def test_every_entry_point_refuses_keys_it_does_not_know_and_unset_ones_in_one_line(tmp_path, script, arguments,

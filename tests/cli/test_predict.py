@@ -85,6 +85,20 @@ def test_source_val_predicts_the_checkpoints_validation_split_and_an_export_is_t
     assert result.returncode == 2 and "source=val: a dataset split is the checkpoint's" in result.stdout
 
 
+def test_test_time_views_run_in_evaluate_and_predict_and_say_so(tmp_path, smoke_ssd):
+    checkpoint, _ = smoke_ssd
+    views = ["tta=[flip,160]", "slices=[64,0.25]"]
+    result = predict(tmp_path, f"ckpt_path={checkpoint}", "source=val", "draw=false", *views)
+    assert result.returncode == 0, result.stderr
+    said = "test-time views: the image and its mirror, at input sizes [160], and 64-pixel tiles overlapping by 25%"
+    assert said in result.stdout and json.loads((tmp_path / "run" / "predictions.json").read_text())
+    evaluated = run_script("evaluate.py", f"ckpt_path={checkpoint}", "tracking=none", *views, cwd=tmp_path)
+    assert evaluated.returncode == 0 and said in evaluated.stdout, evaluated.stderr
+    assert 0 <= json.loads((tmp_path / "run" / "metrics.json").read_text())["val/map"] <= 1
+    refused = predict(tmp_path, "model_path=model.onnx", "source=a", "tta=[flip]")
+    assert refused.returncode == 2 and "tta and slices run a checkpoint's model" in refused.stdout
+
+
 @pytest.mark.slow
 def test_a_glob_and_a_video(tmp_path, smoke_ssd):
     checkpoint, images = smoke_ssd
