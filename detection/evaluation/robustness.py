@@ -8,6 +8,7 @@ from statistics import fmean
 from typing import Sequence
 
 from detection.data.corruptions import FAMILIES, family_of
+from detection.evaluation.errors import ERROR_TYPES
 
 # what one evaluation gives the benchmark: its headline VOC07 AP50, COCO AP (nan when not computed) and
 # TIDE's dAP per error type at IoU 0.5
@@ -32,8 +33,9 @@ def family_daps(runs: dict[tuple[str, int], Scores]) -> dict[str, dict[str, floa
 def robustness_summary(clean: Scores, runs: dict[tuple[str, int], Scores]) -> dict:
     """What `robustness.json` holds: `P`, `mPC`, `rPC` (VOC07 AP50); `coco` likewise for COCO AP (absent
     when the evaluator did not compute it); `per_corruption` {corruption: {severity: AP50}} and
-    `per_corruption_coco`; `dap` {'clean' or a family: {error type: dAP}}; `grown_most` {family: the error
-    type whose dAP grew most over the clean one, and by how much}. `runs` maps (corruption, severity) to
+    `per_corruption_coco`; `dap` {'clean' or a family: {error type: dAP}}; `grown_most` {family: the one of
+    TIDE's six error types (not the false positive / negative totals) whose dAP grew most over the clean
+    one, with both dAPs}. `runs` maps (corruption, severity) to
     that run's scores."""
     summary = performance(clean["ap50"], [scores["ap50"] for scores in runs.values()])
     if not math.isnan(clean["coco_ap"]):
@@ -46,7 +48,7 @@ def robustness_summary(clean: Scores, runs: dict[tuple[str, int], Scores]) -> di
     summary["grown_most"] = {}
     for family, daps in summary["dap"].items():
         if family != "clean":
-            kind = max(daps, key=lambda name: daps[name] - clean["dap"][name])
+            kind = max(ERROR_TYPES, key=lambda name: daps[name] - clean["dap"][name])
             summary["grown_most"][family] = {"type": kind, "dAP": daps[kind], "clean_dAP": clean["dap"][kind]}
     return summary
 

@@ -10,8 +10,10 @@ from detection.evaluation.robustness import robustness_metrics, robustness_summa
 
 
 def scores(ap50, coco_ap, missed=0.1, localisation=0.05):
-    return {"ap50": ap50, "coco_ap": coco_ap, "dap": {"classification": 0.02, "localisation": localisation,
-                                                      "missed": missed}}
+    """A run's scores; the false-negative total grows with `missed`, and more."""
+    return {"ap50": ap50, "coco_ap": coco_ap, "dap": {
+        "classification": 0.02, "localisation": localisation, "both": 0.0, "duplicate": 0.0, "background": 0.03,
+        "missed": missed, "false_positives": 0.05 + localisation, "false_negatives": 2 * missed}}
 
 
 RUNS = {("gaussian_noise", 1): scores(0.6, 0.3, missed=0.2), ("gaussian_noise", 3): scores(0.4, 0.2, missed=0.3),
@@ -27,11 +29,13 @@ def test_p_mpc_and_rpc_are_the_clean_ap_the_mean_over_every_run_and_their_ratio(
     assert summary["per_corruption_coco"]["gaussian_noise"] == {"1": 0.3, "3": 0.2}
 
 
-def test_each_familys_dap_is_its_runs_mean_and_the_error_grown_most_is_named():
+def test_each_familys_dap_is_its_runs_mean_and_the_error_type_grown_most_is_named():
     summary = robustness_summary(scores(0.8, 0.4), RUNS)
     assert set(summary["dap"]) == {"clean", "noise", "blur", "weather"}
     assert summary["dap"]["noise"]["missed"] == pytest.approx(0.25)
+    # one of TIDE's six types, not the false-negative total that grew more
     assert summary["grown_most"]["noise"] == pytest.approx({"type": "missed", "dAP": 0.25, "clean_dAP": 0.1})
+    assert summary["dap"]["noise"]["false_negatives"] - summary["dap"]["clean"]["false_negatives"] > 0.15 - 1e-9
     assert summary["grown_most"]["blur"]["type"] == "localisation"
 
 
