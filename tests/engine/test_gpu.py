@@ -65,3 +65,22 @@ def test_a_cuda_eval_call_synchronises_once_and_matches_the_cpu(model):
     for gpu, cpu in zip(on_gpu, on_cpu):
         torch.testing.assert_close(gpu["scores"].cpu(), cpu["scores"], atol=1e-4, rtol=1e-4)
         assert len(gpu["boxes"]) == len(cpu["boxes"])
+
+
+def test_test_time_views_on_cuda_synchronise_once_and_match_the_cpu(model):
+    from detection.engine.test_time import TestTimeModel
+
+    with torch.no_grad():
+        for conv in model.head.cls:
+            conv.weight.mul_(0.1)
+    images, _ = batch(4, 6)
+    gpu_images = [image.cuda() for image in images]
+    views = TestTimeModel(model.eval(), flip=True, sizes=[160], tile=64, overlap=0.25).eval()
+    with torch.no_grad():
+        views(gpu_images)  # the model at 160 is made on the first call
+        assert synchronisations(lambda: views(gpu_images)) == 1  # the dense merge: the per-image cut only
+        on_gpu = views(gpu_images)
+        on_cpu = TestTimeModel(model.cpu(), flip=True, sizes=[160], tile=64, overlap=0.25).eval()(images)
+    for gpu, cpu in zip(on_gpu, on_cpu):
+        assert abs(len(gpu["boxes"]) - len(cpu["boxes"])) <= 2
+        torch.testing.assert_close(gpu["scores"][:20].cpu(), cpu["scores"][:20], atol=1e-3, rtol=1e-3)
