@@ -66,9 +66,11 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
             results = evaluate(viewed, loader, evaluator, device=device, progress=context.is_main)
         speed = times.per_image()
         metrics = {**validation_metrics(results), **{f"val/speed/{key}": ms for key, ms in speed.items()}}
-        clean = scores_of(metrics, evaluator.error_breakdown())
-        robustness = (run_robustness(cfg, model=viewed, val_set=val_set, class_names=list(dataset.classes),
-                                     device=device, context=context, clean=clean) if cfg.robustness else None)
+        robustness = None
+        if cfg.robustness:
+            robustness = run_robustness(cfg, model=viewed, val_set=val_set, class_names=list(dataset.classes),
+                                        device=device, context=context,
+                                        clean=scores_of(metrics, evaluator.error_breakdown()))
     finally:
         shutdown_distributed()
     if context.is_main:

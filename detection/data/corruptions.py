@@ -58,6 +58,7 @@ class CorruptedImages:
         return len(self.dataset)
 
     def image_seed(self, index: int) -> int:
+        """The seed of item `index`'s corruption: the same in any worker, for any batch size."""
         return int(np.random.SeedSequence([self.seed, index, CORRUPTIONS.index(self.corruption),
                                            self.severity]).generate_state(1)[0])
 

@@ -45,7 +45,8 @@ def views_of(height: int, width: int, *, flip: bool, sizes: Sequence[int], tile:
              overlap: float) -> list[View]:
     """The whole image at the model's size and at each of `sizes`, each also flipped with `flip`; then,
     with `tile`, the tiles (`tiles`) at the model's size, less one that is the whole image (the first view)."""
-    whole = [View(flip=mirrored, size=size) for size in (None, *sizes) for mirrored in ((False, True) if flip else (False,))]
+    mirrors = (False, True) if flip else (False,)
+    whole = [View(flip=mirrored, size=size) for size in (None, *sizes) for mirrored in mirrors]
     parts = tiles(height, width, tile, overlap) if tile else []
     return whole + [View(crop=box) for box in parts if box != (0, 0, width, height)]
 
