@@ -69,6 +69,26 @@ def boxes_back(boxes: torch.Tensor, view: View, width: int) -> torch.Tensor:
     return boxes
 
 
+EDGE_MARGIN = 0.01  # of a tile's side: a box this near an edge the tile shares with the image's inside is cut
+
+
+def whole_in_tile(boxes: torch.Tensor, view: View, height: int, width: int) -> torch.Tensor:
+    """bool [...]: which boxes (float [..., 4], xyxy in the view's pixels) are not cut by the view's tile,
+    i.e. keep clear of every tile edge that lies inside the image (`height`, `width`); all true for a whole
+    view. An object cut by a tile shows there only in part: it is whole in a neighbouring tile or the image."""
+    if view.crop is None:
+        return torch.ones_like(boxes[..., 0], dtype=torch.bool)
+    x0, y0, x1, y1 = view.crop
+    margin = EDGE_MARGIN * max(x1 - x0, y1 - y0)
+    whole = torch.ones_like(boxes[..., 0], dtype=torch.bool)  # (tiles are not mirrored: views_of)
+    for beyond, edge in ((x0, boxes[..., 0] <= margin), (y0, boxes[..., 1] <= margin),
+                         (width - x1, boxes[..., 2] >= x1 - x0 - margin),
+                         (height - y1, boxes[..., 3] >= y1 - y0 - margin)):
+        if beyond > 0:
+            whole &= ~edge
+    return whole
+
+
 def masks_back(masks: torch.Tensor, view: View, height: int, width: int) -> torch.Tensor:
     """float [K, 1, h, w] in a view's pixels -> [K, 1, height, width], the image's (zero outside a tile)."""
     if view.flip:
@@ -172,8 +192,9 @@ class TestTimeModel(nn.Module):
             for row, ((index, view), crop) in enumerate(zip(group, crops)):
                 back = None if masks is None else padded_rows(masks_back(masks[row], view, *images[index].shape[-2:]),
                                                               boxes.shape[1])
+                whole = whole_in_tile(boxes[row], view, *images[index].shape[-2:])
                 chunks[index].append((boxes_back(boxes[row], view, crop.shape[-1]), labels[row], scores[row],
-                                      valid[row], back))
+                                      valid[row] & whole, back))
         return self.merge(chunks, images[0].device)
 
     def merge(self, chunks: list[list[tuple]], device: torch.device) -> list[dict[str, torch.Tensor]]:

@@ -88,12 +88,20 @@ def test_planted_detections_come_back_to_the_image_and_merge_into_one(options):
     x0, y0, x1, y1 = RECTANGLE
     expected = torch.zeros(1, 1, 100, 140)
     expected[..., y0:y1, x0:x1] = 1
-    assert boxes[0] == rectangle and torch.equal(found["masks"][:1], expected)  # the whole view's, mask and all
-    if "tile" in options:  # tiles that saw part of it add their parts (IoU with the whole under NMS's 0.5)
-        assert all(x0 <= a and y0 <= b and c <= x1 and d <= y1 for a, b, c, d in boxes)
-        assert found["masks"].shape == (len(boxes), 1, 100, 140)
-    else:  # the mirror's detection is the same box, merged into it
-        assert boxes == [rectangle] and found["labels"].tolist() == [1]
+    # the mirror's and a whole tile's detection are the same box, merged into it; a tile that cuts the object
+    # (its box on the tile's edge inside the image) keeps its part out of the merge
+    assert boxes == [rectangle] and found["labels"].tolist() == [1] and torch.equal(found["masks"], expected)
+
+
+def test_a_tile_drops_what_it_cuts_but_keeps_what_touches_the_images_own_edge():
+    from detection.engine.test_time import whole_in_tile
+
+    boxes = torch.tensor([[0.0, 10.0, 20.0, 30.0], [30.0, 10.0, 64.0, 30.0], [10.0, 10.0, 30.0, 30.0]])
+    # a tile at the image's left edge, with image beyond its right side: the box on its right edge is cut
+    assert whole_in_tile(boxes, View(crop=(0, 0, 64, 64)), 100, 140).tolist() == [True, False, True]
+    # a tile inside the image: the box on its left edge is cut too
+    assert whole_in_tile(boxes, View(crop=(40, 20, 104, 84)), 100, 140).tolist() == [False, False, True]
+    assert whole_in_tile(boxes, View(), 100, 140).all()
 
 
 def test_the_plain_view_or_one_whole_image_tile_gives_the_models_own_detections(dense_ssd):
