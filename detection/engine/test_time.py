@@ -1,8 +1,8 @@
 """More at test time from the same weights: test-time augmentation (the image flipped, at other input
 sizes) and sliced inference (overlapping tiles, for small objects in large images), for the SSD and the
 R-CNNs alike. Every view of a batch at one input size runs as one batch; detections come back to the
-image's pixels (flipped back, shifted by their tile's corner; masks too) and are merged per class by NMS at
-the model's threshold, then sorted and capped at its detection count. On the SSD's dense path nothing is
+image's pixels (flipped back, shifted by their tile's corner; masks too), less what a tile cuts, and are
+merged per class by NMS at the model's threshold, then sorted and capped at its detection count. On the SSD's dense path nothing is
 read back to the host until the one read that cuts the merged detections per image."""
 
 import copy
