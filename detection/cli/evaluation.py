@@ -60,9 +60,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
                           num_workers=cfg.num_workers, seed=0, rank=context.rank, world_size=context.world_size)
     evaluator = DetectionEvaluator(class_names=list(dataset.classes),
                                    confusion_score_threshold=cfg.confusion_score_threshold)
+    viewed = with_test_time_views(model.to(device), cfg.tta, cfg.slices)  # with views: stages not timed
     try:
-        with StageTimes(model, device) as times:
-            viewed = with_test_time_views(model.to(device), cfg.tta, cfg.slices)
+        with StageTimes(viewed, device) as times:
             results = evaluate(viewed, loader, evaluator, device=device, progress=context.is_main)
         speed = times.per_image()
         metrics = {**validation_metrics(results), **{f"val/speed/{key}": ms for key, ms in speed.items()}}

@@ -15,7 +15,7 @@ STAGE_EDGES = (("features", "head"), ("backbone", "roi_heads"))
 
 class StageTimes:
     """Within `with`: the milliseconds each call of `model` spends per stage, summed, and the images it
-    was called on. A model without STAGE_EDGES (an exported file run back) is not timed."""
+    was called on. A model without STAGE_EDGES (an exported file run back, test-time views) is not timed."""
 
     def __init__(self, model: nn.Module, device: torch.device):
         self.model, self.device = model, device
@@ -61,6 +61,7 @@ class StageTimes:
 
 
 def speed_line(times: dict[str, float], *, device: torch.device, batch_size: Optional[int]) -> str:
-    """'speed per image on cpu, batch 8: preprocess 1.2 ms, network 30.4 ms, postprocess 3.1 ms'."""
-    stages = ", ".join(f"{key.removesuffix('_ms')} {value:.1f} ms" for key, value in times.items())
+    """'speed per image on cpu, batch 8: preprocess 1.2 ms, network 30.4 ms, postprocess 3.1 ms' ('not
+    timed' for a model StageTimes cannot time)."""
+    stages = ", ".join(f"{key.removesuffix('_ms')} {value:.1f} ms" for key, value in times.items()) or "not timed"
     return f"speed per image on {device}, batch {batch_size}: {stages}"

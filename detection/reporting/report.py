@@ -44,7 +44,7 @@ def report_lines(*, facts: dict[str, str], metrics: dict, classes: Sequence[str]
               "Not drawn (worst_images=0).", "", "Every image's AP50 and error counts: `per_image.json`.", ""]
     lines += ["## Cost", "", "```", complexity.table(), "```", "",
               "Per image: " + (", ".join(f"{key.removesuffix('_ms')} {ms:.1f} ms" for key, ms in speed.items())
-                               or "not timed (an exported model)"), ""]
+                               or "not timed (an exported model, or test-time views)"), ""]
     lines += robustness_lines(robustness)
     return lines
 
