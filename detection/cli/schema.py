@@ -14,6 +14,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from detection.data.corruptions import SEVERITIES
 from detection.engine.settings import TrainerSettings
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"  # the config groups, beside the package
@@ -68,7 +69,7 @@ class EvaluateConfig(TestTimeOptions):
     # corruption (null: the 15 of detection/data/corruptions.py) at each severity (1..5)
     robustness: bool = False
     corruptions: Optional[list[str]] = None
-    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    severities: list[int] = field(default_factory=lambda: list(SEVERITIES))
     corruption_seed: int = 0        # each image's corruption is drawn from (this, image, corruption, severity)
 
 

@@ -1,10 +1,12 @@
 """The 15 ImageNet-C corruptions at severities 1-5, as the robustness benchmark of Michaelis et al. (2019)
 applies them to detection data, with the authors' own functions (the `imagecorruptions` package, in its
-maintained fork `imagecorruptions-imaug`). Importing this module imports neither torch nor that package."""
+maintained fork `imagecorruptions-imaug`). Importing this module imports neither torch, NumPy nor that
+package: the settings' schema and checks read its names before anything heavy loads."""
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 # the benchmark's order, grouped in its four families
 FAMILIES = {"noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
@@ -28,10 +30,11 @@ def unknown_corruptions(names: Sequence[str]) -> list[str]:
     return [name for name in names if name not in CORRUPTIONS]
 
 
-def corrupted_pixels(pixels: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
+def corrupted_pixels(pixels: "np.ndarray", corruption: str, severity: int, seed: int) -> "np.ndarray":
     """`pixels` (uint8 [H, W, 3], at least 32x32) under one corruption at one severity, the same for the same
     `seed`: the functions draw from NumPy's global generator (reseeded here, and put back as it was after)
     or, for SEEDED_BY_ARGUMENT, from a generator seeded by their `seed` argument. uint8 [H, W, 3]."""
+    import numpy as np
     from imagecorruptions import corrupt
 
     state = np.random.get_state()
@@ -59,6 +62,8 @@ class CorruptedImages:
 
     def image_seed(self, index: int) -> int:
         """The seed of item `index`'s corruption: the same in any worker, for any batch size."""
+        import numpy as np
+
         return int(np.random.SeedSequence([self.seed, index, CORRUPTIONS.index(self.corruption),
                                            self.severity]).generate_state(1)[0])
 

@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
+from torchvision.transforms.v2.functional import horizontal_flip_bounding_boxes
+from torchvision.tv_tensors import BoundingBoxFormat
 
 from detection.models.postprocess import compacted_nms, dense_nms, per_image
 
@@ -61,8 +63,8 @@ def view_image(image: torch.Tensor, view: View) -> torch.Tensor:
 
 def boxes_back(boxes: torch.Tensor, view: View, width: int) -> torch.Tensor:
     """float [..., 4] xyxy in a view's pixels (`width` its width) -> the image's pixels."""
-    if view.flip:
-        boxes = torch.stack([width - boxes[..., 2], boxes[..., 1], width - boxes[..., 0], boxes[..., 3]], dim=-1)
+    if view.flip:  # its height does not matter to a horizontal flip
+        boxes = horizontal_flip_bounding_boxes(boxes, BoundingBoxFormat.XYXY, canvas_size=(1, width))
     if view.crop is not None:
         x0, y0 = view.crop[:2]
         boxes = torch.stack([boxes[..., 0] + x0, boxes[..., 1] + y0, boxes[..., 2] + x0, boxes[..., 3] + y0], dim=-1)

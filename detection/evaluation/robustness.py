@@ -35,8 +35,7 @@ def robustness_summary(clean: Scores, runs: dict[tuple[str, int], Scores]) -> di
     when the evaluator did not compute it); `per_corruption` {corruption: {severity: AP50}} and
     `per_corruption_coco`; `dap` {'clean' or a family: {error type: dAP}}; `grown_most` {family: the one of
     TIDE's six error types (not the false positive / negative totals) whose dAP grew most over the clean
-    one, with both dAPs}. `runs` maps (corruption, severity) to
-    that run's scores."""
+    one, with both dAPs}. `runs` maps (corruption, severity) to that run's scores."""
     summary = performance(clean["ap50"], [scores["ap50"] for scores in runs.values()])
     if not math.isnan(clean["coco_ap"]):
         summary["coco"] = performance(clean["coco_ap"], [scores["coco_ap"] for scores in runs.values()])

@@ -52,6 +52,16 @@ class SSDFeatures(nn.Module):
             maps.append(x)
         return maps
 
+    @torch.no_grad()
+    def map_sizes(self, size: int) -> list[int]:
+        """Each map's side at a size x size input, by a dry run in eval mode (BatchNorm's statistics stay as
+        they are); the mode is put back after."""
+        training, device = self.training, self.l2norm.scale.device
+        try:
+            return [m.shape[-1] for m in self.eval()(torch.zeros(1, 3, size, size, device=device))]
+        finally:
+            self.train(training)
+
 
 def build_extras(in_channels: int, in_size: int, num_extras: int) -> tuple[nn.ModuleList, list[int]]:
     """The SSD extra layers: each a 1x1 bottleneck then a 3x3 convolution that halves the map
@@ -195,22 +205,18 @@ class SSD(nn.Module):
         out for training). A size at which the network makes another number of maps is refused."""
         spec = AnchorSpec(size, [s * size / self.image_size for s in self.anchor_spec.box_sizes],
                           self.anchor_spec.aspect_ratios)
-        device, training = self.image_mean.device, self.features.training
         try:
-            with torch.no_grad():  # in eval mode: a dry run must not move BatchNorm's statistics
-                measured = [m.shape[-1] for m in self.features.eval()(torch.zeros(1, 3, size, size, device=device))]
+            measured = self.features.map_sizes(size)
         except RuntimeError as error:  # a map shrinks below a layer's kernel
             raise ValueError(f"an SSD laid out for {self.image_size} cannot run at input {size} ({error}): "
                              f"choose a size nearer {self.image_size}") from None
-        finally:
-            self.features.train(training)
         if len(measured) != self.anchor_spec.num_maps:
             raise ValueError(f"an SSD with {self.anchor_spec.num_maps} maps at {self.image_size} makes "
                              f"{len(measured)} at input {size}: choose a size nearer {self.image_size}")
         spec = spec.with_feature_map_sizes(measured)
         twin = copy.copy(self)
         twin._modules = dict(self._modules)  # its own module table: the new box coder is not the original's
-        twin.box_coder = SSDBoxCoder(generate_anchors(spec).to(device), iou_threshold=self.box_coder.iou_threshold,
+        twin.box_coder = SSDBoxCoder(generate_anchors(spec).to(self.image_mean.device), iou_threshold=self.box_coder.iou_threshold,
                                      variances=self.box_coder.variances)
         twin.anchor_spec, twin.image_size = spec, size
         return twin
@@ -254,11 +260,9 @@ def build_ssd(*, backbone: SSDTrunk, anchors: AnchorSpec, class_names: Sequence[
     with torch.no_grad():
         _, stride16_map = backbone.eval()(torch.zeros(1, 3, anchors.image_size, anchors.image_size))
     extras, extra_channels = build_extras(backbone.out_channels[1], stride16_map.shape[-1], anchors.num_maps - 2)
-    features = SSDFeatures(backbone, extras)
-    with torch.no_grad():
-        measured = [m.shape[-1] for m in features(torch.zeros(1, 3, anchors.image_size, anchors.image_size))]
     backbone.train()
-    spec = anchors.with_feature_map_sizes(measured)
+    features = SSDFeatures(backbone, extras)
+    spec = anchors.with_feature_map_sizes(features.map_sizes(anchors.image_size))
     num_classes = len(class_names) + 1
     head = SSDHead([*backbone.out_channels, *extra_channels], spec.anchors_per_location, num_classes)
     box_coder = SSDBoxCoder(generate_anchors(spec), iou_threshold=iou_threshold, variances=variances)
